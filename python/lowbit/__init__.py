@@ -1,0 +1,27 @@
+"""lowbit: compact low-bit models from HuggingFace checkpoints, with proof that they still work."""
+
+from lowbit import _core
+from lowbit.quantize import QuantizedTensor, quantize
+from lowbit.schemes import schemes
+
+__version__ = "0.1.0"
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the kernels use, from 1 to the number of cores."""
+    _core.set_num_threads(n)
+
+
+def num_threads() -> int:
+    """Threads the kernels use now."""
+    return _core.num_threads()
+
+
+__all__ = [
+    "QuantizedTensor",
+    "__version__",
+    "num_threads",
+    "quantize",
+    "schemes",
+    "set_num_threads",
+]

@@ -1,0 +1,140 @@
+"""Quantize weight matrices with the C++ kernels: ``lowbit.quantize`` and ``QuantizedTensor``."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from lowbit import _core
+from lowbit.dtypes import FLOAT_SCHEME_DTYPES, cast, core_dtype, raw_view
+from lowbit.schemes import METHODS, Scheme, check_group_size, get_scheme
+
+_RULES = {
+    "absmax": _core.ScaleRule.ABSMAX,
+    "meanabs": _core.ScaleRule.MEANABS,
+    "minmax": _core.ScaleRule.MINMAX,
+}
+_METHODS = {"rtn": _core.Method.RTN, "mse": _core.Method.MSE, "hqq": _core.Method.HQQ}
+
+# Sentinel: use the scheme's default group size (int4: 32, others: one group per row).
+DEFAULT = "default"
+
+
+def core_params(s: Scheme, group_size: int | None, method: str) -> _core.QuantParams:
+    """The numbers the kernels need for scheme ``s``."""
+    p = _core.QuantParams()
+    p.bits = s.bits
+    p.qmin = s.qmin
+    p.qmax = s.qmax
+    p.code_offset = s.code_offset
+    p.rule = _RULES[s.rule]
+    p.scale_divisor = s.scale_divisor
+    p.method = _METHODS[method]
+    p.group_size = group_size or 0
+    # Group scales are stored as float16, per-row ones as float32.
+    p.f16_params = group_size is not None
+    return p
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """A quantized 2-D weight matrix.
+
+    ``codes``: packed codes (uint8 ``[rows, row_bytes]``, or int8/uint8
+    ``[rows, cols]`` for 8-bit schemes), or the values themselves for the
+    float schemes. ``scales`` and ``zeros``: ``[rows, groups]``, float16 for
+    groups and float32 per row; ``zeros`` is None for symmetric schemes.
+    """
+
+    scheme: str
+    shape: tuple[int, int]
+    codes: np.ndarray
+    scales: np.ndarray | None = None
+    zeros: np.ndarray | None = None
+    group_size: int | None = None
+    method: str = "rtn"
+
+    @property
+    def nbytes(self) -> int:
+        """Stored bytes: codes, scales and zero points."""
+        return sum(a.nbytes for a in (self.codes, self.scales, self.zeros) if a is not None)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per weight, scales and zero points included."""
+        return 8.0 * self.nbytes / (self.shape[0] * self.shape[1])
+
+    def dequantize(self) -> np.ndarray:
+        """The reconstructed weights as float32, same shape as the input."""
+        s = get_scheme(self.scheme)
+        if s.is_float:
+            return cast(self.codes, np.float32, self.scheme)
+        zeros = None if self.zeros is None else np.ascontiguousarray(self.zeros, np.float32)
+        return _core.dequantize(
+            self.codes,
+            np.ascontiguousarray(self.scales, np.float32),
+            zeros,
+            self.shape[0],
+            self.shape[1],
+            core_params(s, self.group_size, self.method),
+            self.scheme,
+        )
+
+
+def _check_input(x: object, name: str) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(x).__name__}")
+    core_dtype(x.dtype, name)
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D matrix, got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name}: matrix is empty (shape {x.shape})")
+    if not x.flags.c_contiguous:
+        warnings.warn(
+            f"{name}: array is not C-contiguous; quantizing a contiguous copy",
+            stacklevel=3,
+        )
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def resolve_group_size(s: Scheme, group_size: int | str | None) -> int | None:
+    """The group size to use: the scheme's default for ``DEFAULT``."""
+    return s.default_group_size if group_size == DEFAULT else group_size  # type: ignore[return-value]
+
+
+def quantize(
+    x: np.ndarray,
+    scheme: str,
+    group_size: int | str | None = DEFAULT,
+    method: str = "rtn",
+    name: str = "tensor",
+) -> QuantizedTensor:
+    """Quantize a 2-D float32, float16 or bfloat16 matrix with ``scheme``.
+
+    ``group_size``: weights per scale along a row (a multiple of 16 that divides
+    the row), ``None`` for one scale per row; by default the scheme's own
+    (32 for int4, per row otherwise). ``method``: ``rtn``, ``mse`` or ``hqq``.
+    ``name`` appears in every error message. NaN or Inf in ``x`` is an error.
+    """
+    s = get_scheme(scheme)
+    if method not in METHODS:
+        raise ValueError(f"{name}: unknown method {method!r}; known methods: {', '.join(METHODS)}")
+    x = _check_input(x, name)
+    if s.is_float:
+        return QuantizedTensor(scheme, x.shape, cast(x, FLOAT_SCHEME_DTYPES[scheme], name))
+    if method not in s.methods:
+        raise ValueError(
+            f"{name}: method {method!r} does not apply to {scheme}; it takes {', '.join(s.methods)}"
+        )
+    gs = resolve_group_size(s, group_size)
+    check_group_size(gs, x.shape[1], name)
+    codes, scales, zeros = _core.quantize(
+        raw_view(x), core_dtype(x.dtype, name), core_params(s, gs, method), name
+    )
+    if gs is not None:
+        scales = scales.astype(np.float16)
+        zeros = None if zeros is None else zeros.astype(np.float16)
+    return QuantizedTensor(scheme, x.shape, codes, scales, zeros, gs, method)

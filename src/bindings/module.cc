@@ -1,0 +1,244 @@
+// The pybind11 module lowbit._core: checks arguments, releases the GIL and
+// calls the kernels. Python-facing validation with friendly messages lives in
+// python/lowbit/; the checks here keep bad calls from reaching the kernels.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "quant/quant_params.h"
+#include "quant/quantize.h"
+#include "util/errors.h"
+#include "util/targets.h"
+#include "util/thread_pool.h"
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+namespace lowbit {
+namespace {
+
+size_t ItemSize(DType t) { return t == DType::kF32 ? 4 : 2; }
+
+void CheckMatrix(const py::array& a, const std::string& name,
+                 size_t itemsize) {
+  if (a.ndim() != 2) {
+    throw py::value_error(name + ": expected a 2-D array, got " +
+                          std::to_string(a.ndim()) + "-D");
+  }
+  if (!(a.flags() & py::array::c_style)) {
+    throw py::value_error(name + ": array is not C-contiguous");
+  }
+  if (static_cast<size_t>(a.itemsize()) != itemsize) {
+    throw py::type_error(name + ": expected " + std::to_string(itemsize) +
+                         "-byte elements, got " +
+                         std::to_string(a.itemsize()));
+  }
+}
+
+void CheckParams(const QuantParams& p, size_t cols, const std::string& name) {
+  if (p.bits != 8 && p.bits != 4 && p.bits != 2 && p.bits != 1) {
+    throw py::value_error(name + ": bits must be 8, 4, 2 or 1");
+  }
+  if (p.qmin > p.qmax || p.qmax - p.qmin >= (1 << p.bits) ||
+      (p.bits < 8 && (p.qmin + p.code_offset < 0 ||
+                      p.qmax + p.code_offset >= (1 << p.bits)))) {
+    throw py::value_error(name + ": code range does not fit in " +
+                          std::to_string(p.bits) + " bits");
+  }
+  if (p.bits == 1 && !p.asymmetric()) {
+    throw py::value_error(name + ": 1-bit codes need a zero point");
+  }
+  if (p.method == Method::kHqq && !p.asymmetric()) {
+    throw py::value_error(name + ": hqq needs a scheme with zero points");
+  }
+  if (p.group_size != 0 &&
+      (p.group_size % kBlockBytes != 0 || cols % p.group_size != 0)) {
+    throw py::value_error(name + ": group size " +
+                          std::to_string(p.group_size) +
+                          " must be a multiple of 16 that divides " +
+                          std::to_string(cols));
+  }
+  if (cols == 0) throw py::value_error(name + ": rows are empty");
+}
+
+std::string Where(const ErrorSink& e) {
+  return "row " + std::to_string(e.row()) + ", column " +
+         std::to_string(e.col());
+}
+
+py::tuple Quantize(const py::array& x, DType dtype, const QuantParams& p,
+                   const std::string& name) {
+  CheckMatrix(x, name, ItemSize(dtype));
+  const size_t rows = x.shape(0);
+  const size_t cols = x.shape(1);
+  CheckParams(p, cols, name);
+  const size_t groups = GroupsPerRow(cols, p.group_size);
+  const size_t row_bytes = RowBytes(cols, p.bits);
+  const bool is_signed = p.bits == 8 && !p.asymmetric();
+  py::array codes = is_signed
+                        ? py::array(py::dtype::of<int8_t>(), {rows, row_bytes})
+                        : py::array(py::dtype::of<uint8_t>(), {rows, row_bytes});
+  py::array_t<float> scales({rows, groups});
+  std::optional<py::array_t<float>> zeros;
+  if (p.asymmetric()) zeros.emplace(std::vector<size_t>{rows, groups});
+  ErrorSink errors;
+  {
+    const void* src = x.data();
+    uint8_t* dst = static_cast<uint8_t*>(codes.mutable_data());
+    float* sc = scales.mutable_data();
+    float* zp = zeros ? zeros->mutable_data() : nullptr;
+    py::gil_scoped_release release;
+    QuantizeMatrix(src, dtype, rows, cols, p, dst, sc, zp, &errors);
+  }
+  switch (errors.kind()) {
+    case ErrorKind::kNone:
+      break;
+    case ErrorKind::kNonFinite:
+      throw py::value_error(name + ": NaN or Inf at " + Where(errors));
+    case ErrorKind::kScaleOverflow:
+      throw py::value_error(
+          name + ": the scale or zero point of the group at " + Where(errors) +
+          " overflows float16; use per-row scales (group_size=None)");
+    case ErrorKind::kCastOverflow:
+      throw py::value_error(name + ": value out of range at " + Where(errors));
+  }
+  py::object z = zeros ? py::object(*zeros) : py::none();
+  return py::make_tuple(codes, scales, z);
+}
+
+py::array_t<float> Dequantize(const py::array& codes,
+                              const py::array_t<float>& scales,
+                              const std::optional<py::array_t<float>>& zeros,
+                              size_t rows, size_t cols, const QuantParams& p,
+                              const std::string& name) {
+  CheckMatrix(codes, name + " codes", 1);
+  CheckMatrix(scales, name + " scales", 4);
+  CheckParams(p, cols, name);
+  const size_t groups = GroupsPerRow(cols, p.group_size);
+  const size_t row_bytes = RowBytes(cols, p.bits);
+  if (static_cast<size_t>(codes.shape(0)) != rows ||
+      static_cast<size_t>(codes.shape(1)) != row_bytes) {
+    throw py::value_error(name + ": codes have shape (" +
+                          std::to_string(codes.shape(0)) + ", " +
+                          std::to_string(codes.shape(1)) + "), expected (" +
+                          std::to_string(rows) + ", " +
+                          std::to_string(row_bytes) + ")");
+  }
+  auto check_params = [&](const py::array& a, const std::string& what) {
+    if (static_cast<size_t>(a.shape(0)) != rows ||
+        static_cast<size_t>(a.shape(1)) != groups) {
+      throw py::value_error(name + ": " + what + " have shape (" +
+                            std::to_string(a.shape(0)) + ", " +
+                            std::to_string(a.shape(1)) + "), expected (" +
+                            std::to_string(rows) + ", " +
+                            std::to_string(groups) + ")");
+    }
+  };
+  check_params(scales, "scales");
+  if (p.asymmetric()) {
+    if (!zeros) throw py::value_error(name + ": zero points are missing");
+    CheckMatrix(*zeros, name + " zero points", 4);
+    check_params(*zeros, "zero points");
+  }
+  py::array_t<float> out({rows, cols});
+  {
+    const uint8_t* c = static_cast<const uint8_t*>(codes.data());
+    const float* s = scales.data();
+    const float* z = p.asymmetric() ? zeros->data() : nullptr;
+    float* o = out.mutable_data();
+    py::gil_scoped_release release;
+    DequantizeMatrix(c, s, z, rows, cols, p, o);
+  }
+  return out;
+}
+
+py::array Cast(const py::array& x, DType in_type, DType out_type,
+               const std::string& name) {
+  if (!(x.flags() & py::array::c_style)) {
+    throw py::value_error(name + ": array is not C-contiguous");
+  }
+  if (static_cast<size_t>(x.itemsize()) != ItemSize(in_type)) {
+    throw py::type_error(name + ": element size does not match the dtype");
+  }
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  py::array out = out_type == DType::kF32
+                      ? py::array(py::dtype::of<float>(), shape)
+                  : out_type == DType::kF16 ? py::array(py::dtype("float16"), shape)
+                                            : py::array(py::dtype::of<uint16_t>(), shape);
+  ErrorSink errors;
+  {
+    const void* in = x.data();
+    void* o = out.mutable_data();
+    const size_t n = x.size();
+    py::gil_scoped_release release;
+    CastArray(in, in_type, n, o, out_type, &errors);
+  }
+  if (errors.kind() == ErrorKind::kNonFinite) {
+    throw py::value_error(name + ": NaN or Inf at flat index " +
+                          std::to_string(errors.col()));
+  }
+  if (errors.kind() == ErrorKind::kCastOverflow) {
+    throw py::value_error(name + ": value at flat index " +
+                          std::to_string(errors.col()) +
+                          " overflows the output type");
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace lowbit
+
+PYBIND11_MODULE(_core, m) {
+  using namespace lowbit;
+  m.doc() = "lowbit's C++ core: Highway-dispatched quantization kernels.";
+
+  py::enum_<ScaleRule>(m, "ScaleRule")
+      .value("ABSMAX", ScaleRule::kAbsMax)
+      .value("MEANABS", ScaleRule::kMeanAbs)
+      .value("MINMAX", ScaleRule::kMinMax);
+  py::enum_<Method>(m, "Method")
+      .value("RTN", Method::kRtn)
+      .value("MSE", Method::kMse)
+      .value("HQQ", Method::kHqq);
+  py::enum_<DType>(m, "DType")
+      .value("F32", DType::kF32)
+      .value("F16", DType::kF16)
+      .value("BF16", DType::kBF16);
+
+  py::class_<QuantParams>(m, "QuantParams")
+      .def(py::init<>())
+      .def_readwrite("bits", &QuantParams::bits)
+      .def_readwrite("qmin", &QuantParams::qmin)
+      .def_readwrite("qmax", &QuantParams::qmax)
+      .def_readwrite("code_offset", &QuantParams::code_offset)
+      .def_readwrite("rule", &QuantParams::rule)
+      .def_readwrite("scale_divisor", &QuantParams::scale_divisor)
+      .def_readwrite("method", &QuantParams::method)
+      .def_readwrite("group_size", &QuantParams::group_size)
+      .def_readwrite("f16_params", &QuantParams::f16_params);
+
+  m.def("row_bytes", &RowBytes, "cols"_a, "bits"_a,
+        "Stored bytes of one row of codes (whole 16-byte blocks).");
+  m.def("quantize", &Quantize, "x"_a, "dtype"_a, "params"_a, "name"_a,
+        "Quantize a 2-D array; returns (codes, scales, zero points or None).");
+  m.def("dequantize", &Dequantize, "codes"_a, "scales"_a, "zeros"_a, "rows"_a,
+        "cols"_a, "params"_a, "name"_a, "Reconstruct float32 weights.");
+  m.def("cast", &Cast, "x"_a, "in_type"_a, "out_type"_a, "name"_a,
+        "Convert between float32, float16 and bfloat16 (bits as uint16).");
+
+  m.def("set_num_threads", [](size_t n) { ThreadPool::Global().SetNumThreads(n); },
+        "n"_a, "Threads the kernels use (1 to max_threads()).");
+  m.def("num_threads", [] { return ThreadPool::Global().NumThreads(); });
+  m.def("max_threads", [] { return ThreadPool::Global().MaxThreads(); });
+
+  m.def("available_targets", &AvailableTargets,
+        "SIMD targets compiled in and supported by this CPU, best first.");
+  m.def("dispatched_target", &DispatchedTarget,
+        "The SIMD target the kernels run on now.");
+  m.def("force_target", &ForceTarget, "name"_a,
+        "Run kernels on one target ('' restores the best). For tests.");
+}

@@ -1,0 +1,583 @@
+// SIMD bodies of the quantize / dequantize kernels, compiled once per Highway
+// target by quantize.cc. The NumPy reference in python/lowbit/reference.py is
+// the spec: for rtn the codes here equal its codes bit for bit.
+
+// Per-target include guard: this file is included once for each target.
+#if defined(LOWBIT_QUANT_QUANTIZE_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef LOWBIT_QUANT_QUANTIZE_INL_H_
+#undef LOWBIT_QUANT_QUANTIZE_INL_H_
+#else
+#define LOWBIT_QUANT_QUANTIZE_INL_H_
+#endif
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "hwy/contrib/math/math-inl.h"
+#include "hwy/highway.h"
+#include "quant/quant_params.h"
+#include "util/errors.h"
+#include "util/float16.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace lowbit {
+namespace HWY_NAMESPACE {
+
+namespace hn = hwy::HWY_NAMESPACE;
+using DF = hn::ScalableTag<float>;
+using DI = hn::RebindToSigned<DF>;
+
+// ---------------------------------------------------------------- loading
+
+HWY_INLINE float ToF32(float v) { return v; }
+HWY_INLINE float ToF32(hwy::float16_t v) {
+  uint16_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return F32FromF16Bits(bits);
+}
+HWY_INLINE float ToF32(hwy::bfloat16_t v) {
+  uint16_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return F32FromBF16Bits(bits);
+}
+
+HWY_INLINE hn::Vec<DF> LoadF32(DF d, const float* HWY_RESTRICT p) {
+  return hn::LoadU(d, p);
+}
+HWY_INLINE hn::Vec<DF> LoadF32(DF d, const hwy::float16_t* HWY_RESTRICT p) {
+  return hn::PromoteTo(d, hn::LoadU(hn::Rebind<hwy::float16_t, DF>(), p));
+}
+HWY_INLINE hn::Vec<DF> LoadF32(DF d, const hwy::bfloat16_t* HWY_RESTRICT p) {
+  return hn::PromoteTo(d, hn::LoadU(hn::Rebind<hwy::bfloat16_t, DF>(), p));
+}
+
+// Round half to even, clamped to [lo, hi]; the clamp comes first so that no
+// value can overflow the int32 conversion (the result is the same).
+HWY_INLINE float RoundClamp(float t, float lo, float hi) {
+  return std::nearbyint(std::fmin(std::fmax(t, lo), hi));
+}
+
+// ---------------------------------------------------------------- statistics
+
+struct GroupStats {
+  float min;
+  float max;
+  float absmax;
+  bool finite;
+};
+
+template <typename T>
+HWY_INLINE GroupStats ComputeStats(const T* HWY_RESTRICT x, size_t len) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  auto vmin = hn::Set(d, HUGE_VALF);
+  auto vmax = hn::Set(d, -HUGE_VALF);
+  // x - x is 0 for finite x and NaN otherwise; the sum stays 0 or turns NaN.
+  auto vbad = hn::Zero(d);
+  size_t i = 0;
+  for (; i + N <= len; i += N) {
+    const auto v = LoadF32(d, x + i);
+    vmin = hn::Min(vmin, v);
+    vmax = hn::Max(vmax, v);
+    vbad = hn::Add(vbad, hn::Sub(v, v));
+  }
+  float mn = hn::GetLane(hn::MinOfLanes(d, vmin));
+  float mx = hn::GetLane(hn::MaxOfLanes(d, vmax));
+  float bad = hn::GetLane(hn::SumOfLanes(d, vbad));
+  for (; i < len; ++i) {
+    const float v = ToF32(x[i]);
+    mn = std::fmin(mn, v);
+    mx = std::fmax(mx, v);
+    bad += v - v;
+  }
+  return GroupStats{mn, mx, std::fmax(-mn, mx), bad == 0.0f};
+}
+
+template <typename T>
+size_t FirstNonFinite(const T* x, size_t len) {
+  for (size_t i = 0; i < len; ++i) {
+    if (!std::isfinite(ToF32(x[i]))) return i;
+  }
+  return 0;
+}
+
+// Mean of |x| in double precision: float32 rounding of the result then
+// agrees with NumPy's pairwise float64 sum.
+template <typename T>
+HWY_INLINE float MeanAbs(const T* HWY_RESTRICT x, size_t len) {
+  double sum = 0.0;
+  for (size_t i = 0; i < len; ++i) sum += std::fabs(double{ToF32(x[i])});
+  return static_cast<float>(sum / static_cast<double>(len));
+}
+
+// ---------------------------------------------------------------- parameters
+
+// A group's stored scale and zero point, and 1/scale for the codes.
+struct GroupQ {
+  float scale;
+  float inv;
+  float zero;
+};
+
+HWY_INLINE float StoreParam(const QuantParams& p, float v) {
+  return p.f16_params ? RoundToF16(v) : v;
+}
+
+HWY_INLINE float Inverse(float scale) {
+  return scale == 0.0f ? 0.0f : 1.0f / scale;
+}
+
+// Symmetric: x^ = scale * q.
+HWY_INLINE GroupQ FromScale(const QuantParams& p, float scale) {
+  const float stored = StoreParam(p, scale);
+  return GroupQ{stored, Inverse(stored), 0.0f};
+}
+
+// Asymmetric: x^ = scale * (q - zero), [mn, mx] mapped onto [0, qmax].
+HWY_INLINE GroupQ FromRange(const QuantParams& p, float mn, float mx) {
+  if (mx == mn) {
+    // A constant group is exact with code 0: zero = -sign(x), scale = |x|.
+    const float stored = StoreParam(p, std::fabs(mx));
+    const float zero = mx > 0.0f ? -1.0f : (mx < 0.0f ? 1.0f : 0.0f);
+    return GroupQ{stored, Inverse(stored), zero};
+  }
+  const float stored = StoreParam(p, (mx - mn) / static_cast<float>(p.qmax));
+  const float inv = Inverse(stored);
+  return GroupQ{stored, inv, StoreParam(p, -mn * inv)};
+}
+
+HWY_INLINE bool IsFiniteQ(const GroupQ& q) {
+  return std::isfinite(q.scale) && std::isfinite(q.zero);
+}
+
+// The round-to-nearest parameters of a group, scaled by a clip `ratio`.
+template <typename T>
+HWY_INLINE GroupQ RtnParams(const QuantParams& p, const T* x, size_t len,
+                            const GroupStats& st, float ratio) {
+  switch (p.rule) {
+    case ScaleRule::kAbsMax:
+      return FromScale(p, (st.absmax * ratio) / p.scale_divisor);
+    case ScaleRule::kMeanAbs:
+      return FromScale(p, MeanAbs(x, len) * ratio);
+    case ScaleRule::kMinMax:
+      return FromRange(p, st.min * ratio, st.max * ratio);
+  }
+  return GroupQ{0.0f, 0.0f, 0.0f};
+}
+
+// Squared reconstruction error of a group under parameters q.
+template <typename T>
+HWY_INLINE float GroupSse(const QuantParams& p, const T* HWY_RESTRICT x,
+                          size_t len, const GroupQ& q) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  const bool asym = p.asymmetric();
+  const float lo = static_cast<float>(p.qmin);
+  const float hi = static_cast<float>(p.qmax);
+  const auto vinv = hn::Set(d, q.inv);
+  const auto vzero = hn::Set(d, q.zero);
+  const auto vscale = hn::Set(d, q.scale);
+  const auto vlo = hn::Set(d, lo);
+  const auto vhi = hn::Set(d, hi);
+  auto acc = hn::Zero(d);
+  size_t i = 0;
+  for (; i + N <= len; i += N) {
+    const auto v = LoadF32(d, x + i);
+    auto t = hn::Mul(v, vinv);
+    if (asym) t = hn::Add(t, vzero);
+    const auto code = hn::Round(hn::Min(hn::Max(t, vlo), vhi));
+    const auto rec = hn::Mul(hn::Sub(code, vzero), vscale);
+    const auto diff = hn::Sub(v, rec);
+    acc = hn::MulAdd(diff, diff, acc);
+  }
+  float sse = hn::GetLane(hn::SumOfLanes(d, acc));
+  for (; i < len; ++i) {
+    const float v = ToF32(x[i]);
+    float t = v * q.inv;
+    if (asym) t += q.zero;
+    const float diff = v - (RoundClamp(t, lo, hi) - q.zero) * q.scale;
+    sse += diff * diff;
+  }
+  return sse;
+}
+
+// One half-quadratic step (HQQ): with the codes fixed, the zero point that
+// fits x minus the lp-shrunk residual: mean(q - (x - e) / scale).
+template <typename T>
+HWY_INLINE float HqqZeroStep(const QuantParams& p, const T* HWY_RESTRICT x,
+                             size_t len, const GroupQ& q, float beta) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  const float lo = static_cast<float>(p.qmin);
+  const float hi = static_cast<float>(p.qmax);
+  const float inv_beta = 1.0f / beta;
+  const auto vinv = hn::Set(d, q.inv);
+  const auto vzero = hn::Set(d, q.zero);
+  const auto vscale = hn::Set(d, q.scale);
+  const auto vlo = hn::Set(d, lo);
+  const auto vhi = hn::Set(d, hi);
+  const auto vpow = hn::Set(d, kHqqLpNorm - 1.0f);
+  const auto vtiny = hn::Set(d, 1e-30f);
+  const auto vinv_beta = hn::Set(d, inv_beta);
+  auto acc = hn::Zero(d);
+  size_t i = 0;
+  for (; i + N <= len; i += N) {
+    const auto v = LoadF32(d, x + i);
+    const auto t = hn::Add(hn::Mul(v, vinv), vzero);
+    const auto code = hn::Round(hn::Min(hn::Max(t, vlo), vhi));
+    const auto resid = hn::Sub(v, hn::Mul(hn::Sub(code, vzero), vscale));
+    const auto mag = hn::Max(hn::Abs(resid), vtiny);
+    // |r|^(p-1) as exp((p-1) log|r|).
+    const auto thresh =
+        hn::Mul(hn::Exp(d, hn::Mul(vpow, hn::Log(d, mag))), vinv_beta);
+    const auto shrunk = hn::Max(hn::Sub(hn::Abs(resid), thresh), hn::Zero(d));
+    const auto e = hn::CopySignToAbs(shrunk, resid);
+    acc = hn::Add(acc, hn::Sub(code, hn::Mul(hn::Sub(v, e), vinv)));
+  }
+  float sum = hn::GetLane(hn::SumOfLanes(d, acc));
+  for (; i < len; ++i) {
+    const float v = ToF32(x[i]);
+    const float code = RoundClamp(v * q.inv + q.zero, lo, hi);
+    const float resid = v - (code - q.zero) * q.scale;
+    const float mag = std::fmax(std::fabs(resid), 1e-30f);
+    const float thresh = std::pow(mag, kHqqLpNorm - 1.0f) * inv_beta;
+    const float e = std::copysign(std::fmax(std::fabs(resid) - thresh, 0.0f),
+                                  resid);
+    sum += code - (v - e) * q.inv;
+  }
+  return sum / static_cast<float>(len);
+}
+
+// HQQ keeps the min/max scale and optimises the zero point. Each step's zero
+// point is kept only while it lowers the squared error, so hqq is never worse
+// than rtn on the measure the tests and users compare.
+template <typename T>
+HWY_INLINE GroupQ HqqParams(const QuantParams& p, const T* x, size_t len,
+                            const GroupStats& st) {
+  GroupQ best = FromRange(p, st.min, st.max);
+  if (best.scale == 0.0f || st.min == st.max) return best;
+  float best_sse = GroupSse(p, x, len, best);
+  float beta = kHqqBeta;
+  for (int it = 0; it < kHqqIters; ++it) {
+    GroupQ cand = best;
+    cand.zero = StoreParam(p, HqqZeroStep(p, x, len, best, beta));
+    beta *= kHqqKappa;
+    if (!std::isfinite(cand.zero)) break;
+    const float sse = GroupSse(p, x, len, cand);
+    if (!(sse < best_sse)) break;
+    best = cand;
+    best_sse = sse;
+  }
+  return best;
+}
+
+template <typename T>
+HWY_INLINE GroupQ FindParams(const QuantParams& p, const T* x, size_t len,
+                             const GroupStats& st) {
+  if (p.method == Method::kHqq) return HqqParams(p, x, len, st);
+  GroupQ best = RtnParams(p, x, len, st, 1.0f);
+  if (p.method != Method::kMse) return best;
+  float best_sse = GroupSse(p, x, len, best);
+  for (int step = 1; step < MseSteps(p); ++step) {
+    const GroupQ cand = RtnParams(p, x, len, st, MseRatio(p, step));
+    if (!IsFiniteQ(cand)) continue;
+    const float sse = GroupSse(p, x, len, cand);
+    if (sse < best_sse) {
+      best = cand;
+      best_sse = sse;
+    }
+  }
+  return best;
+}
+
+// ---------------------------------------------------------------- codes
+
+// Encodes one 16-byte block from the values xb[0 .. 16 * 8 / kBits), which
+// start at column pos0 of the row. g: group size; last_group bounds the group
+// index of padding columns past the row's end.
+template <int kBits, bool kAsym, typename TT>
+HWY_INLINE void EncodeBlock(const QuantParams& p, const TT* HWY_RESTRICT xb,
+                            size_t pos0, size_t g, size_t last_group,
+                            const float* HWY_RESTRICT inv,
+                            const float* HWY_RESTRICT zero,
+                            uint8_t* HWY_RESTRICT out) {
+  constexpr int kPer = 8 / kBits;
+  constexpr bool kSigned = kBits == 8 && !kAsym;
+  const DF d;
+  const DI di;
+  const size_t N = hn::Lanes(d);
+  const auto vlo = hn::Set(d, static_cast<float>(p.qmin));
+  const auto vhi = hn::Set(d, static_cast<float>(p.qmax));
+  const auto voff = hn::Set(di, p.code_offset);
+  for (size_t i = 0; i < kBlockBytes; i += N) {
+    auto acc = hn::Zero(di);
+    for (int k = 0; k < kPer; ++k) {
+      const size_t pos = pos0 + k * kBlockBytes + i;
+      const size_t grp = HWY_MIN(pos / g, last_group);
+      auto t = hn::Mul(LoadF32(d, xb + k * kBlockBytes + i),
+                       hn::Set(d, inv[grp]));
+      if (kAsym) t = hn::Add(t, hn::Set(d, zero[grp]));
+      auto q = hn::NearestInt(hn::Min(hn::Max(t, vlo), vhi));
+      if (!kAsym) q = hn::Add(q, voff);
+      acc = hn::Or(acc, hn::ShiftLeftSame(q, k * kBits));
+    }
+    if (kSigned) {
+      const hn::Rebind<int8_t, DI> d8;
+      hn::StoreU(hn::DemoteTo(d8, acc), d8,
+                 reinterpret_cast<int8_t*>(out) + i);
+    } else {
+      const hn::Rebind<uint8_t, DI> d8;
+      hn::StoreU(hn::DemoteTo(d8, acc), d8, out + i);
+    }
+  }
+}
+
+template <int kBits, bool kAsym, typename T>
+HWY_INLINE void EncodeRow(const QuantParams& p, const T* HWY_RESTRICT row,
+                          size_t cols, size_t g, const float* inv,
+                          const float* zero, uint8_t* HWY_RESTRICT out) {
+  constexpr size_t kCodes = kBlockBytes * 8 / kBits;
+  const size_t last_group = cols / g - 1;
+  const size_t full = cols / kCodes;
+  for (size_t b = 0; b < full; ++b) {
+    EncodeBlock<kBits, kAsym>(p, row + b * kCodes, b * kCodes, g, last_group,
+                              inv, zero, out + b * kBlockBytes);
+  }
+  const size_t rest = cols - full * kCodes;
+  if (rest != 0) {
+    // The last block is padded with zeros, quantized like any other value.
+    HWY_ALIGN float padded[kCodes] = {};
+    for (size_t i = 0; i < rest; ++i) padded[i] = ToF32(row[full * kCodes + i]);
+    EncodeBlock<kBits, kAsym>(p, padded, full * kCodes, g, last_group, inv,
+                              zero, out + full * kBlockBytes);
+  }
+}
+
+template <int kBits, bool kAsym>
+HWY_INLINE void DecodeBlock(const uint8_t* HWY_RESTRICT in, size_t pos0,
+                            size_t g, size_t last_group,
+                            const float* HWY_RESTRICT scale,
+                            const float* HWY_RESTRICT zero,
+                            float* HWY_RESTRICT out) {
+  constexpr int kPer = 8 / kBits;
+  constexpr bool kSigned = kBits == 8 && !kAsym;
+  const DF d;
+  const DI di;
+  const size_t N = hn::Lanes(d);
+  const auto mask = hn::Set(di, (1 << kBits) - 1);
+  for (size_t i = 0; i < kBlockBytes; i += N) {
+    hn::Vec<DI> bytes;
+    if (kSigned) {
+      bytes = hn::PromoteTo(
+          di, hn::LoadU(hn::Rebind<int8_t, DI>(),
+                        reinterpret_cast<const int8_t*>(in) + i));
+    } else {
+      bytes = hn::PromoteTo(di, hn::LoadU(hn::Rebind<uint8_t, DI>(), in + i));
+    }
+    for (int k = 0; k < kPer; ++k) {
+      const size_t pos = pos0 + k * kBlockBytes + i;
+      const size_t grp = HWY_MIN(pos / g, last_group);
+      const auto code =
+          kBits == 8 ? bytes
+                     : hn::And(hn::ShiftRightSame(bytes, k * kBits), mask);
+      const auto y = hn::Mul(hn::Sub(hn::ConvertTo(d, code),
+                                     hn::Set(d, zero[grp])),
+                             hn::Set(d, scale[grp]));
+      hn::StoreU(y, d, out + k * kBlockBytes + i);
+    }
+  }
+}
+
+// zero: per-group zero points, or the constant code offset for symmetric
+// schemes (x^ = scale * (code - offset)).
+template <int kBits, bool kAsym>
+HWY_INLINE void DecodeRow(const uint8_t* HWY_RESTRICT in, size_t cols,
+                          size_t g, const float* scale, const float* zero,
+                          float* HWY_RESTRICT out) {
+  constexpr size_t kCodes = kBlockBytes * 8 / kBits;
+  const size_t last_group = cols / g - 1;
+  const size_t full = cols / kCodes;
+  for (size_t b = 0; b < full; ++b) {
+    DecodeBlock<kBits, kAsym>(in + b * kBlockBytes, b * kCodes, g, last_group,
+                              scale, zero, out + b * kCodes);
+  }
+  const size_t rest = cols - full * kCodes;
+  if (rest != 0) {
+    HWY_ALIGN float padded[kCodes];
+    DecodeBlock<kBits, kAsym>(in + full * kBlockBytes, full * kCodes, g,
+                              last_group, scale, zero, padded);
+    std::memcpy(out + full * kCodes, padded, rest * sizeof(float));
+  }
+}
+
+// ---------------------------------------------------------------- rows
+
+template <int kBits, bool kAsym, typename T>
+void QuantizeRowsT(const T* HWY_RESTRICT x, size_t r0, size_t r1, size_t cols,
+                   const QuantParams& p, uint8_t* HWY_RESTRICT codes,
+                   float* HWY_RESTRICT scales, float* HWY_RESTRICT zeros,
+                   ErrorSink* errors) {
+  const size_t g = p.group_size == 0 ? cols : p.group_size;
+  const size_t groups = cols / g;
+  const size_t row_bytes = RowBytes(cols, kBits);
+  std::vector<float> inv(groups);
+  std::vector<float> zero(groups);
+  for (size_t r = r0; r < r1; ++r) {
+    const T* row = x + r * cols;
+    bool ok = true;
+    for (size_t gi = 0; gi < groups && ok; ++gi) {
+      const T* xg = row + gi * g;
+      const GroupStats st = ComputeStats(xg, g);
+      if (!st.finite) {
+        errors->Report(ErrorKind::kNonFinite, r, gi * g + FirstNonFinite(xg, g));
+        ok = false;
+        break;
+      }
+      const GroupQ q = FindParams(p, xg, g, st);
+      if (!IsFiniteQ(q)) {
+        errors->Report(ErrorKind::kScaleOverflow, r, gi * g);
+        ok = false;
+        break;
+      }
+      scales[r * groups + gi] = q.scale;
+      if (zeros != nullptr) zeros[r * groups + gi] = q.zero;
+      inv[gi] = q.inv;
+      zero[gi] = q.zero;
+    }
+    if (!ok) continue;
+    EncodeRow<kBits, kAsym>(p, row, cols, g, inv.data(), zero.data(),
+                            codes + r * row_bytes);
+  }
+}
+
+template <int kBits, bool kAsym>
+void DequantizeRowsT(const uint8_t* HWY_RESTRICT codes,
+                     const float* HWY_RESTRICT scales,
+                     const float* HWY_RESTRICT zeros, size_t r0, size_t r1,
+                     size_t cols, const QuantParams& p,
+                     float* HWY_RESTRICT out) {
+  const size_t g = p.group_size == 0 ? cols : p.group_size;
+  const size_t groups = cols / g;
+  const size_t row_bytes = RowBytes(cols, kBits);
+  std::vector<float> offset;
+  if (!kAsym) offset.assign(groups, static_cast<float>(p.code_offset));
+  for (size_t r = r0; r < r1; ++r) {
+    const float* zero = kAsym ? zeros + r * groups : offset.data();
+    DecodeRow<kBits, kAsym>(codes + r * row_bytes, cols, g,
+                            scales + r * groups, zero, out + r * cols);
+  }
+}
+
+// The (bits, asymmetric) pairs of the schemes, as template arguments.
+template <int kBitsArg, bool kAsymArg>
+struct Layout {
+  static constexpr int kBits = kBitsArg;
+  static constexpr bool kAsym = kAsymArg;
+};
+
+template <class Visitor>
+HWY_INLINE void VisitLayout(const QuantParams& p, const Visitor& visit) {
+  const bool asym = p.asymmetric();
+  switch (p.bits) {
+    case 8:
+      return asym ? visit(Layout<8, true>()) : visit(Layout<8, false>());
+    case 4:
+      return asym ? visit(Layout<4, true>()) : visit(Layout<4, false>());
+    case 2:
+      return asym ? visit(Layout<2, true>()) : visit(Layout<2, false>());
+    case 1:
+      return visit(Layout<1, true>());
+  }
+}
+
+void QuantizeRows(const void* x, DType dtype, size_t r0, size_t r1,
+                  size_t cols, const QuantParams& p, uint8_t* codes,
+                  float* scales, float* zeros, ErrorSink* errors) {
+  VisitLayout(p, [&](auto layout) {
+    constexpr int kBits = decltype(layout)::kBits;
+    constexpr bool kAsym = decltype(layout)::kAsym;
+    switch (dtype) {
+      case DType::kF32:
+        return QuantizeRowsT<kBits, kAsym>(static_cast<const float*>(x), r0,
+                                           r1, cols, p, codes, scales, zeros,
+                                           errors);
+      case DType::kF16:
+        return QuantizeRowsT<kBits, kAsym>(
+            static_cast<const hwy::float16_t*>(x), r0, r1, cols, p, codes,
+            scales, zeros, errors);
+      case DType::kBF16:
+        return QuantizeRowsT<kBits, kAsym>(
+            static_cast<const hwy::bfloat16_t*>(x), r0, r1, cols, p, codes,
+            scales, zeros, errors);
+    }
+  });
+}
+
+void DequantizeRows(const uint8_t* codes, const float* scales,
+                    const float* zeros, size_t r0, size_t r1, size_t cols,
+                    const QuantParams& p, float* out) {
+  VisitLayout(p, [&](auto layout) {
+    constexpr int kBits = decltype(layout)::kBits;
+    constexpr bool kAsym = decltype(layout)::kAsym;
+    DequantizeRowsT<kBits, kAsym>(codes, scales, zeros, r0, r1, cols, p, out);
+  });
+}
+
+// The target this copy of the kernels was compiled for: tells tests which
+// one dynamic dispatch picked.
+int64_t KernelTarget() { return HWY_TARGET; }
+
+// ---------------------------------------------------------------- casts
+
+template <typename From>
+float LoadScalar(const void* in, size_t i) {
+  return ToF32(static_cast<const From*>(in)[i]);
+}
+
+// Plain loops: casts are memory-bound and the compiler vectorises them for
+// this target. f16 overflow (|x| >= 65520 rounds to inf) is an error.
+void CastRange(const void* in, DType in_type, size_t begin, size_t end,
+               void* out, DType out_type, ErrorSink* errors) {
+  for (size_t i = begin; i < end; ++i) {
+    float v;
+    switch (in_type) {
+      case DType::kF32: v = LoadScalar<float>(in, i); break;
+      case DType::kF16: v = LoadScalar<hwy::float16_t>(in, i); break;
+      default: v = LoadScalar<hwy::bfloat16_t>(in, i); break;
+    }
+    if (!std::isfinite(v)) {
+      errors->Report(ErrorKind::kNonFinite, 0, i);
+      return;
+    }
+    switch (out_type) {
+      case DType::kF32:
+        static_cast<float*>(out)[i] = v;
+        break;
+      case DType::kF16: {
+        const uint16_t h = F16BitsFromF32(v);
+        if ((h & 0x7C00u) == 0x7C00u) {
+          errors->Report(ErrorKind::kCastOverflow, 0, i);
+          return;
+        }
+        static_cast<uint16_t*>(out)[i] = h;
+        break;
+      }
+      case DType::kBF16: {
+        const uint16_t b = BF16BitsFromF32(v);
+        if ((b & 0x7F80u) == 0x7F80u) {
+          errors->Report(ErrorKind::kCastOverflow, 0, i);
+          return;
+        }
+        static_cast<uint16_t*>(out)[i] = b;
+        break;
+      }
+    }
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace lowbit
+HWY_AFTER_NAMESPACE();
+
+#endif  // LOWBIT_QUANT_QUANTIZE_INL_H_

@@ -1,0 +1,66 @@
+// Dispatch and threading for the kernels in quantize-inl.h.
+#include "quant/quantize.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "quant/quantize.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "quant/quantize-inl.h"
+
+#if HWY_ONCE
+#include <algorithm>
+
+#include "util/thread_pool.h"
+
+namespace lowbit {
+
+HWY_EXPORT(QuantizeRows);
+HWY_EXPORT(DequantizeRows);
+HWY_EXPORT(CastRange);
+HWY_EXPORT(KernelTarget);
+
+namespace {
+
+// Rows per task: about 64 Ki elements, so that tasks are large next to the
+// pool's hand-off cost (microseconds) and small next to the matrix.
+size_t RowGrain(size_t cols) {
+  return std::max<size_t>(1, (size_t{1} << 16) / std::max<size_t>(1, cols));
+}
+
+}  // namespace
+
+void QuantizeMatrix(const void* x, DType dtype, size_t rows, size_t cols,
+                    const QuantParams& p, uint8_t* codes, float* scales,
+                    float* zeros, ErrorSink* errors) {
+  ThreadPool::Global().ParallelFor(
+      rows, RowGrain(cols), [&](size_t begin, size_t end) {
+        HWY_DYNAMIC_DISPATCH(QuantizeRows)(x, dtype, begin, end, cols, p,
+                                           codes, scales, zeros, errors);
+      });
+}
+
+void DequantizeMatrix(const uint8_t* codes, const float* scales,
+                      const float* zeros, size_t rows, size_t cols,
+                      const QuantParams& p, float* out) {
+  ThreadPool::Global().ParallelFor(
+      rows, RowGrain(cols), [&](size_t begin, size_t end) {
+        HWY_DYNAMIC_DISPATCH(DequantizeRows)(codes, scales, zeros, begin, end,
+                                             cols, p, out);
+      });
+}
+
+void CastArray(const void* in, DType in_type, size_t n, void* out,
+               DType out_type, ErrorSink* errors) {
+  ThreadPool::Global().ParallelFor(
+      n, size_t{1} << 18, [&](size_t begin, size_t end) {
+        HWY_DYNAMIC_DISPATCH(CastRange)(in, in_type, begin, end, out, out_type,
+                                        errors);
+      });
+}
+
+std::string DispatchedTarget() {
+  return hwy::TargetName(HWY_DYNAMIC_DISPATCH(KernelTarget)());
+}
+
+}  // namespace lowbit
+#endif  // HWY_ONCE

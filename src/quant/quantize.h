@@ -1,0 +1,40 @@
+// Quantize and dequantize whole matrices, split by rows over the thread pool
+// and dispatched to the best SIMD target of the machine.
+#ifndef LOWBIT_QUANT_QUANTIZE_H_
+#define LOWBIT_QUANT_QUANTIZE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "quant/quant_params.h"
+#include "util/errors.h"
+
+namespace lowbit {
+
+// x: rows x cols elements of `dtype`, row-major and contiguous.
+// codes: rows x RowBytes(cols, p.bits) bytes.
+// scales, zeros: rows x GroupsPerRow(cols, p.group_size) floats, holding the
+// stored values (already rounded to float16 when p.f16_params). zeros may be
+// null for symmetric schemes. Stops a row at its first bad element and reports
+// it to `errors`.
+void QuantizeMatrix(const void* x, DType dtype, size_t rows, size_t cols,
+                    const QuantParams& p, uint8_t* codes, float* scales,
+                    float* zeros, ErrorSink* errors);
+
+// The inverse: out is rows x cols float32.
+void DequantizeMatrix(const uint8_t* codes, const float* scales,
+                      const float* zeros, size_t rows, size_t cols,
+                      const QuantParams& p, float* out);
+
+// Converts n elements between float32, float16 and bfloat16, rounding to
+// nearest even. Reports NaN/Inf inputs and values that overflow the output.
+void CastArray(const void* in, DType in_type, size_t n, void* out,
+               DType out_type, ErrorSink* errors);
+
+// Name of the SIMD target that dynamic dispatch runs these kernels on.
+std::string DispatchedTarget();
+
+}  // namespace lowbit
+
+#endif  // LOWBIT_QUANT_QUANTIZE_H_
