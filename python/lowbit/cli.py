@@ -21,6 +21,14 @@ class UserError(Exception):
     """Bad input from the user: printed without a traceback, exit code 2."""
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
@@ -62,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {}
 
     p = sub.add_parser("demo", help="the main job, end to end, on the default data")
-    p.add_argument("--rows", type=int, default=4096, help="rows of the demo matrix")
-    p.add_argument("--cols", type=int, default=4096, help="columns of the demo matrix")
+    p.add_argument("--rows", type=positive_int, default=4096, help="rows of the demo matrix")
+    p.add_argument("--cols", type=positive_int, default=4096, help="columns of the demo matrix")
     p.add_argument("--seed", type=int, default=0)
     _add_output_flags(p)
     commands["demo"] = _cmd_demo

@@ -62,10 +62,12 @@ def format_table(report: dict[str, Any]) -> str:
         f"{'SNR dB':>7} {'max|err|':>9} {'quant ms':>9} {'deq ms':>7}",
     ]
     for r in report["results"]:
-        group = "row" if r["group_size"] is None else str(r["group_size"])
+        is_float = SCHEMES[r["scheme"]].is_float
+        group = "-" if is_float else "row" if r["group_size"] is None else str(r["group_size"])
+        method = "-" if is_float else r["method"]
         snr = r["snr_db"]
         lines.append(
-            f"{r['scheme']:<8} {r['method']:<6} {group:>5} {r['bits_per_weight']:>7.3f} "
+            f"{r['scheme']:<8} {method:<6} {group:>5} {r['bits_per_weight']:>7.3f} "
             f"{100 * r['rel_error']:>7.3f}% {snr if np.isfinite(snr) else 999:>7.1f} "
             f"{r['max_abs']:>9.2e} {r['quantize_ms']:>9.1f} {r['dequantize_ms']:>7.1f}"
         )

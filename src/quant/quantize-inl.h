@@ -349,8 +349,12 @@ HWY_INLINE void EncodeRow(const QuantParams& p, const T* HWY_RESTRICT row,
     // The last block is padded with zeros, quantized like any other value.
     HWY_ALIGN float padded[kCodes] = {};
     for (size_t i = 0; i < rest; ++i) padded[i] = ToF32(row[full * kCodes + i]);
+    // 8-bit rows are not padded in memory: encode the tail block aside.
+    HWY_ALIGN uint8_t block[kBlockBytes];
     EncodeBlock<kBits, kAsym>(p, padded, full * kCodes, g, last_group, inv,
-                              zero, out + full * kBlockBytes);
+                              zero, block);
+    const size_t tail_bytes = kBits == 8 ? rest : kBlockBytes;
+    std::memcpy(out + full * kBlockBytes, block, tail_bytes);
   }
 }
 
@@ -404,9 +408,12 @@ HWY_INLINE void DecodeRow(const uint8_t* HWY_RESTRICT in, size_t cols,
   }
   const size_t rest = cols - full * kCodes;
   if (rest != 0) {
+    HWY_ALIGN uint8_t block[kBlockBytes] = {};
+    std::memcpy(block, in + full * kBlockBytes,
+                kBits == 8 ? rest : kBlockBytes);
     HWY_ALIGN float padded[kCodes];
-    DecodeBlock<kBits, kAsym>(in + full * kBlockBytes, full * kCodes, g,
-                              last_group, scale, zero, padded);
+    DecodeBlock<kBits, kAsym>(block, full * kCodes, g, last_group, scale, zero,
+                              padded);
     std::memcpy(out + full * kCodes, padded, rest * sizeof(float));
   }
 }
