@@ -100,6 +100,10 @@ def test_core_rejects_inconsistent_arguments():
     codes, scales, _ = _core.quantize(x, _core.DType.F32, p, "w")
     with pytest.raises(ValueError, match=r"codes have shape \(4, 32\), expected \(5, 32\)"):
         _core.dequantize(codes, scales, None, 5, 64, p, "w")
+    with pytest.raises(
+        ValueError, match=r"out must be a writeable float32 array of shape \(4, 64\)"
+    ):
+        _core.dequantize(codes, scales, None, 4, 64, p, "w", np.empty((4, 63), np.float32))
     with pytest.raises(ValueError, match="scales have shape"):
         _core.dequantize(codes, scales[:, :1].copy(), None, 4, 64, p, "w")
     with pytest.raises(ValueError, match="not C-contiguous"):

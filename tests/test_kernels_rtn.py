@@ -49,6 +49,9 @@ def _check_equal(s, x, qt, gs):
         assert qt.zeros is None
     deq_ref = reference.dequantize(s, codes, scales, zeros, x.shape[1], gs)
     np.testing.assert_array_equal(qt.dequantize(), deq_ref)
+    out = np.full(x.shape, np.nan, np.float32)
+    assert qt.dequantize(out=out) is out
+    np.testing.assert_array_equal(out, deq_ref)
 
 
 @pytest.mark.parametrize("scheme", [s.name for s in INT_SCHEMES])

@@ -66,11 +66,19 @@ class QuantizedTensor:
         """Stored bits per weight, scales and zero points included."""
         return 8.0 * self.nbytes / (self.shape[0] * self.shape[1])
 
-    def dequantize(self) -> np.ndarray:
-        """The reconstructed weights as float32, same shape as the input."""
+    def dequantize(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The reconstructed weights as float32, same shape as the input.
+
+        ``out``: a C-contiguous float32 array of that shape to write into, so
+        that repeated calls reuse one buffer.
+        """
         s = get_scheme(self.scheme)
         if s.is_float:
-            return cast(self.codes, np.float32, self.scheme)
+            values = cast(self.codes, np.float32, self.scheme)
+            if out is None:
+                return values
+            out[...] = values
+            return out
         zeros = None if self.zeros is None else np.ascontiguousarray(self.zeros, np.float32)
         return _core.dequantize(
             self.codes,
@@ -80,6 +88,7 @@ class QuantizedTensor:
             self.shape[1],
             core_params(s, self.group_size, self.method),
             self.scheme,
+            out,
         )
 
 

@@ -65,6 +65,19 @@ void CheckParams(const QuantParams& p, size_t cols, const std::string& name) {
   if (cols == 0) throw py::value_error(name + ": rows are empty");
 }
 
+// A float32 [rows, cols] array whose data starts on a 64-byte boundary, so
+// that kernels can use aligned (streaming) stores on it.
+py::array_t<float> AlignedFloatMatrix(size_t rows, size_t cols) {
+  constexpr size_t kAlign = 64;
+  constexpr size_t kSlack = kAlign / sizeof(float);
+  py::array_t<float> storage(rows * cols + kSlack);
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(storage.mutable_data());
+  const size_t skip = ((kAlign - addr % kAlign) % kAlign) / sizeof(float);
+  return py::array_t<float>({rows, cols},
+                            {cols * sizeof(float), sizeof(float)},
+                            storage.mutable_data() + skip, storage);
+}
+
 std::string Where(const ErrorSink& e) {
   return "row " + std::to_string(e.row()) + ", column " +
          std::to_string(e.col());
@@ -114,7 +127,8 @@ py::array_t<float> Dequantize(const py::array& codes,
                               const py::array_t<float>& scales,
                               const std::optional<py::array_t<float>>& zeros,
                               size_t rows, size_t cols, const QuantParams& p,
-                              const std::string& name) {
+                              const std::string& name,
+                              std::optional<py::array_t<float>> out_arg) {
   CheckMatrix(codes, name + " codes", 1);
   CheckMatrix(scales, name + " scales", 4);
   CheckParams(p, cols, name);
@@ -144,7 +158,20 @@ py::array_t<float> Dequantize(const py::array& codes,
     CheckMatrix(*zeros, name + " zero points", 4);
     check_params(*zeros, "zero points");
   }
-  py::array_t<float> out({rows, cols});
+  py::array_t<float> out;
+  if (out_arg) {
+    CheckMatrix(*out_arg, name + " out", sizeof(float));
+    if (static_cast<size_t>(out_arg->shape(0)) != rows ||
+        static_cast<size_t>(out_arg->shape(1)) != cols ||
+        !out_arg->writeable()) {
+      throw py::value_error(name + ": out must be a writeable float32 array "
+                            "of shape (" + std::to_string(rows) + ", " +
+                            std::to_string(cols) + ")");
+    }
+    out = *out_arg;
+  } else {
+    out = AlignedFloatMatrix(rows, cols);
+  }
   {
     const uint8_t* c = static_cast<const uint8_t*>(codes.data());
     const float* s = scales.data();
@@ -226,7 +253,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("quantize", &Quantize, "x"_a, "dtype"_a, "params"_a, "name"_a,
         "Quantize a 2-D array; returns (codes, scales, zero points or None).");
   m.def("dequantize", &Dequantize, "codes"_a, "scales"_a, "zeros"_a, "rows"_a,
-        "cols"_a, "params"_a, "name"_a, "Reconstruct float32 weights.");
+        "cols"_a, "params"_a, "name"_a, "out"_a = py::none(),
+        "Reconstruct float32 weights (into `out` when given).");
   m.def("cast", &Cast, "x"_a, "in_type"_a, "out_type"_a, "name"_a,
         "Convert between float32, float16 and bfloat16 (bits as uint16).");
 

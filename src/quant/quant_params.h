@@ -41,6 +41,7 @@ struct QuantParams {
   Method method = Method::kRtn;
   size_t group_size = 0;      // 0: one group per row
   bool f16_params = false;    // scales and zero points rounded to float16
+  bool stream_output = false;  // dequantize: non-temporal stores (big outputs)
 
   bool asymmetric() const { return rule == ScaleRule::kMinMax; }
 };

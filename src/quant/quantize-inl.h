@@ -14,6 +14,7 @@
 #include <cstring>
 #include <vector>
 
+#include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 #include "quant/quant_params.h"
@@ -64,34 +65,71 @@ struct GroupStats {
   float min;
   float max;
   float absmax;
-  bool finite;
 };
 
+// Per-group max |x| of one row, into gmax. Works on the bit patterns: for
+// non-negative floats integer order is float order, and NaN and Inf sort above
+// every finite value, so one integer max per vector finds both the absmax and
+// any non-finite value. Returns false when the row holds NaN or Inf.
 template <typename T>
-HWY_INLINE GroupStats ComputeStats(const T* HWY_RESTRICT x, size_t len) {
+HWY_INLINE bool RowAbsMax(const T* HWY_RESTRICT row, size_t cols, size_t g,
+                          float* HWY_RESTRICT gmax) {
+  const DF d;
+  const DI di;
+  const size_t N = hn::Lanes(d);
+  const auto abs_mask = hn::Set(di, 0x7FFFFFFF);
+  int32_t row_max = 0;
+  for (size_t start = 0, gi = 0; start < cols; start += g, ++gi) {
+    const T* x = row + start;
+    auto vmax = hn::Zero(di);
+    size_t i = 0;
+    for (; i + N <= g; i += N) {
+      vmax = hn::Max(vmax, hn::And(hn::BitCast(di, LoadF32(d, x + i)), abs_mask));
+    }
+    int32_t mx = hn::GetLane(hn::MaxOfLanes(di, vmax));
+    for (; i < g; ++i) {
+      mx = HWY_MAX(mx, static_cast<int32_t>(BitsOf(ToF32(x[i])) & 0x7FFFFFFFu));
+    }
+    row_max = HWY_MAX(row_max, mx);
+    gmax[gi] = FloatOf(static_cast<uint32_t>(mx));
+  }
+  return row_max < 0x7F800000;
+}
+
+// Per-group min and max of one row. Returns false when the row holds NaN or
+// Inf.
+template <typename T>
+HWY_INLINE bool RowMinMax(const T* HWY_RESTRICT row, size_t cols, size_t g,
+                          float* HWY_RESTRICT gmin, float* HWY_RESTRICT gmax) {
   const DF d;
   const size_t N = hn::Lanes(d);
-  auto vmin = hn::Set(d, HUGE_VALF);
-  auto vmax = hn::Set(d, -HUGE_VALF);
   // x - x is 0 for finite x and NaN otherwise; the sum stays 0 or turns NaN.
   auto vbad = hn::Zero(d);
-  size_t i = 0;
-  for (; i + N <= len; i += N) {
-    const auto v = LoadF32(d, x + i);
-    vmin = hn::Min(vmin, v);
-    vmax = hn::Max(vmax, v);
-    vbad = hn::Add(vbad, hn::Sub(v, v));
+  float bad = 0.0f;
+  for (size_t start = 0, gi = 0; start < cols; start += g, ++gi) {
+    const T* x = row + start;
+    auto vmin = hn::Set(d, HUGE_VALF);
+    auto vmax = hn::Set(d, -HUGE_VALF);
+    size_t i = 0;
+    for (; i + N <= g; i += N) {
+      const auto v = LoadF32(d, x + i);
+      vbad = hn::Add(vbad, hn::Sub(v, v));
+      vmin = hn::Min(vmin, v);
+      vmax = hn::Max(vmax, v);
+    }
+    float mn = hn::GetLane(hn::MinOfLanes(d, vmin));
+    float mx = hn::GetLane(hn::MaxOfLanes(d, vmax));
+    for (; i < g; ++i) {
+      const float v = ToF32(x[i]);
+      bad += v - v;
+      mn = std::fmin(mn, v);
+      mx = std::fmax(mx, v);
+    }
+    gmin[gi] = mn;
+    gmax[gi] = mx;
   }
-  float mn = hn::GetLane(hn::MinOfLanes(d, vmin));
-  float mx = hn::GetLane(hn::MaxOfLanes(d, vmax));
-  float bad = hn::GetLane(hn::SumOfLanes(d, vbad));
-  for (; i < len; ++i) {
-    const float v = ToF32(x[i]);
-    mn = std::fmin(mn, v);
-    mx = std::fmax(mx, v);
-    bad += v - v;
-  }
-  return GroupStats{mn, mx, std::fmax(-mn, mx), bad == 0.0f};
+  bad += hn::GetLane(hn::SumOfLanes(d, vbad));
+  return bad == 0.0f;
 }
 
 template <typename T>
@@ -149,6 +187,91 @@ HWY_INLINE GroupQ FromRange(const QuantParams& p, float mn, float mx) {
 
 HWY_INLINE bool IsFiniteQ(const GroupQ& q) {
   return std::isfinite(q.scale) && std::isfinite(q.zero);
+}
+
+// Rounds each lane to the nearest float16 value (ties to even). F16C does
+// that in hardware; Highway's emulation on older targets truncates, so those
+// use the scalar conversion.
+HWY_INLINE hn::Vec<DF> RoundToF16(DF d, hn::Vec<DF> v) {
+#if HWY_ARCH_X86 && HWY_TARGET < HWY_SSE4 && !defined(HWY_DISABLE_F16C)
+  const hn::Rebind<hwy::float16_t, DF> d16;
+  return hn::PromoteTo(d, hn::DemoteTo(d16, v));
+#else
+  HWY_ALIGN float lanes[hn::MaxLanes(d)];
+  hn::Store(v, d, lanes);
+  for (size_t i = 0; i < hn::Lanes(d); ++i) lanes[i] = lowbit::RoundToF16(lanes[i]);
+  return hn::Load(d, lanes);
+#endif
+}
+
+HWY_INLINE hn::Vec<DF> StoreParam(const QuantParams& p, DF d, hn::Vec<DF> v) {
+  return p.f16_params ? RoundToF16(d, v) : v;
+}
+
+HWY_INLINE hn::Vec<DF> Inverse(DF d, hn::Vec<DF> scale) {
+  const auto zero = hn::Zero(d);
+  const auto is_zero = hn::Eq(scale, zero);
+  // Dividing by 1 where scale is 0 keeps the lane finite; it is then zeroed.
+  const auto safe = hn::IfThenElse(is_zero, hn::Set(d, 1.0f), scale);
+  return hn::IfThenZeroElse(is_zero, hn::Div(hn::Set(d, 1.0f), safe));
+}
+
+// rtn parameters of all groups of a row from their statistics, the same
+// arithmetic as FromScale / FromRange lane by lane. gmin is unused for
+// kAbsMax (gmax holds max |x|). Returns false if a parameter overflows.
+HWY_INLINE bool RtnParamsRow(const QuantParams& p, const float* gmin,
+                             const float* gmax, size_t groups, float* scale,
+                             float* inv, float* zero) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  bool ok = true;
+  if (p.rule == ScaleRule::kAbsMax) {
+    const auto div = hn::Set(d, p.scale_divisor);
+    for (; i + N <= groups; i += N) {
+      const auto s = StoreParam(p, d, hn::Div(hn::LoadU(d, gmax + i), div));
+      hn::StoreU(s, d, scale + i);
+      hn::StoreU(Inverse(d, s), d, inv + i);
+      hn::StoreU(hn::Zero(d), d, zero + i);
+    }
+    for (; i < groups; ++i) {
+      const GroupQ q = FromScale(p, gmax[i] / p.scale_divisor);
+      scale[i] = q.scale;
+      inv[i] = q.inv;
+      zero[i] = q.zero;
+    }
+  } else {
+    const auto qmax = hn::Set(d, static_cast<float>(p.qmax));
+    const auto vzero = hn::Zero(d);
+    for (; i + N <= groups; i += N) {
+      const auto mn = hn::LoadU(d, gmin + i);
+      const auto mx = hn::LoadU(d, gmax + i);
+      const auto constant = hn::Eq(mx, mn);
+      const auto s = StoreParam(
+          p, d,
+          hn::IfThenElse(constant, hn::Abs(mx), hn::Div(hn::Sub(mx, mn), qmax)));
+      const auto vinv = Inverse(d, s);
+      // -sign(mx) for a constant group (exact with code 0).
+      const auto neg_sign = hn::Sub(
+          hn::IfThenElseZero(hn::Lt(mx, vzero), hn::Set(d, 1.0f)),
+          hn::IfThenElseZero(hn::Gt(mx, vzero), hn::Set(d, 1.0f)));
+      const auto z = hn::IfThenElse(
+          constant, neg_sign, StoreParam(p, d, hn::Mul(hn::Neg(mn), vinv)));
+      hn::StoreU(s, d, scale + i);
+      hn::StoreU(vinv, d, inv + i);
+      hn::StoreU(z, d, zero + i);
+    }
+    for (; i < groups; ++i) {
+      const GroupQ q = FromRange(p, gmin[i], gmax[i]);
+      scale[i] = q.scale;
+      inv[i] = q.inv;
+      zero[i] = q.zero;
+    }
+  }
+  for (size_t j = 0; j < groups; ++j) {
+    ok &= std::isfinite(scale[j]) && std::isfinite(zero[j]);
+  }
+  return ok;
 }
 
 // The round-to-nearest parameters of a group, scaled by a clip `ratio`.
@@ -293,12 +416,26 @@ HWY_INLINE GroupQ FindParams(const QuantParams& p, const T* x, size_t len,
 
 // ---------------------------------------------------------------- codes
 
-// Encodes one 16-byte block from the values xb[0 .. 16 * 8 / kBits), which
-// start at column pos0 of the row. g: group size; last_group bounds the group
-// index of padding columns past the row's end.
+// A segment is 16 consecutive codes of a row, the unit that one shift + AND
+// unpacks; group sizes are multiples of 16, so a segment lies in one group.
+// seg_group[s] is the group of segment s (padding segments: the last group).
+inline std::vector<uint32_t> SegmentGroups(size_t cols, size_t g, int bits) {
+  const size_t codes_per_block = bits == 8 ? kBlockBytes : CodesPerBlock(bits);
+  const size_t padded = (cols + codes_per_block - 1) / codes_per_block *
+                        codes_per_block;
+  const size_t last = cols / g - 1;
+  std::vector<uint32_t> seg_group(padded / kBlockBytes);
+  for (size_t seg = 0; seg < seg_group.size(); ++seg) {
+    seg_group[seg] = static_cast<uint32_t>(HWY_MIN(seg * kBlockBytes / g, last));
+  }
+  return seg_group;
+}
+
+// Encodes one 16-byte block from the values xb[0 .. 16 * 8 / kBits); seg
+// holds the group index of each of the block's segments.
 template <int kBits, bool kAsym, typename TT>
 HWY_INLINE void EncodeBlock(const QuantParams& p, const TT* HWY_RESTRICT xb,
-                            size_t pos0, size_t g, size_t last_group,
+                            const uint32_t* HWY_RESTRICT seg,
                             const float* HWY_RESTRICT inv,
                             const float* HWY_RESTRICT zero,
                             uint8_t* HWY_RESTRICT out) {
@@ -313,14 +450,13 @@ HWY_INLINE void EncodeBlock(const QuantParams& p, const TT* HWY_RESTRICT xb,
   for (size_t i = 0; i < kBlockBytes; i += N) {
     auto acc = hn::Zero(di);
     for (int k = 0; k < kPer; ++k) {
-      const size_t pos = pos0 + k * kBlockBytes + i;
-      const size_t grp = HWY_MIN(pos / g, last_group);
+      const uint32_t grp = seg[k];
       auto t = hn::Mul(LoadF32(d, xb + k * kBlockBytes + i),
                        hn::Set(d, inv[grp]));
       if (kAsym) t = hn::Add(t, hn::Set(d, zero[grp]));
       auto q = hn::NearestInt(hn::Min(hn::Max(t, vlo), vhi));
       if (!kAsym) q = hn::Add(q, voff);
-      acc = hn::Or(acc, hn::ShiftLeftSame(q, k * kBits));
+      acc = kPer == 1 ? q : hn::Or(acc, hn::ShiftLeftSame(q, k * kBits));
     }
     if (kSigned) {
       const hn::Rebind<int8_t, DI> d8;
@@ -335,14 +471,15 @@ HWY_INLINE void EncodeBlock(const QuantParams& p, const TT* HWY_RESTRICT xb,
 
 template <int kBits, bool kAsym, typename T>
 HWY_INLINE void EncodeRow(const QuantParams& p, const T* HWY_RESTRICT row,
-                          size_t cols, size_t g, const float* inv,
-                          const float* zero, uint8_t* HWY_RESTRICT out) {
-  constexpr size_t kCodes = kBlockBytes * 8 / kBits;
-  const size_t last_group = cols / g - 1;
+                          size_t cols, const uint32_t* seg_group,
+                          const float* inv, const float* zero,
+                          uint8_t* HWY_RESTRICT out) {
+  constexpr int kPer = 8 / kBits;
+  constexpr size_t kCodes = kBlockBytes * kPer;
   const size_t full = cols / kCodes;
   for (size_t b = 0; b < full; ++b) {
-    EncodeBlock<kBits, kAsym>(p, row + b * kCodes, b * kCodes, g, last_group,
-                              inv, zero, out + b * kBlockBytes);
+    EncodeBlock<kBits, kAsym>(p, row + b * kCodes, seg_group + b * kPer, inv,
+                              zero, out + b * kBlockBytes);
   }
   const size_t rest = cols - full * kCodes;
   if (rest != 0) {
@@ -351,16 +488,27 @@ HWY_INLINE void EncodeRow(const QuantParams& p, const T* HWY_RESTRICT row,
     for (size_t i = 0; i < rest; ++i) padded[i] = ToF32(row[full * kCodes + i]);
     // 8-bit rows are not padded in memory: encode the tail block aside.
     HWY_ALIGN uint8_t block[kBlockBytes];
-    EncodeBlock<kBits, kAsym>(p, padded, full * kCodes, g, last_group, inv,
-                              zero, block);
+    EncodeBlock<kBits, kAsym>(p, padded, seg_group + full * kPer, inv, zero,
+                              block);
     const size_t tail_bytes = kBits == 8 ? rest : kBlockBytes;
     std::memcpy(out + full * kBlockBytes, block, tail_bytes);
   }
 }
 
-template <int kBits, bool kAsym>
-HWY_INLINE void DecodeBlock(const uint8_t* HWY_RESTRICT in, size_t pos0,
-                            size_t g, size_t last_group,
+// Stores of dequantized rows: non-temporal when the output is far larger
+// than the caches, so writing it costs no read of the old contents.
+template <bool kStream>
+HWY_INLINE void StoreOut(hn::Vec<DF> v, DF d, float* HWY_RESTRICT p) {
+  if (kStream) {
+    hn::Stream(v, d, p);
+  } else {
+    hn::StoreU(v, d, p);
+  }
+}
+
+template <int kBits, bool kAsym, bool kStream>
+HWY_INLINE void DecodeBlock(const uint8_t* HWY_RESTRICT in,
+                            const uint32_t* HWY_RESTRICT seg,
                             const float* HWY_RESTRICT scale,
                             const float* HWY_RESTRICT zero,
                             float* HWY_RESTRICT out) {
@@ -380,31 +528,31 @@ HWY_INLINE void DecodeBlock(const uint8_t* HWY_RESTRICT in, size_t pos0,
       bytes = hn::PromoteTo(di, hn::LoadU(hn::Rebind<uint8_t, DI>(), in + i));
     }
     for (int k = 0; k < kPer; ++k) {
-      const size_t pos = pos0 + k * kBlockBytes + i;
-      const size_t grp = HWY_MIN(pos / g, last_group);
+      const uint32_t grp = seg[k];
       const auto code =
           kBits == 8 ? bytes
                      : hn::And(hn::ShiftRightSame(bytes, k * kBits), mask);
       const auto y = hn::Mul(hn::Sub(hn::ConvertTo(d, code),
                                      hn::Set(d, zero[grp])),
                              hn::Set(d, scale[grp]));
-      hn::StoreU(y, d, out + k * kBlockBytes + i);
+      StoreOut<kStream>(y, d, out + k * kBlockBytes + i);
     }
   }
 }
 
 // zero: per-group zero points, or the constant code offset for symmetric
 // schemes (x^ = scale * (code - offset)).
-template <int kBits, bool kAsym>
+template <int kBits, bool kAsym, bool kStream>
 HWY_INLINE void DecodeRow(const uint8_t* HWY_RESTRICT in, size_t cols,
-                          size_t g, const float* scale, const float* zero,
-                          float* HWY_RESTRICT out) {
-  constexpr size_t kCodes = kBlockBytes * 8 / kBits;
-  const size_t last_group = cols / g - 1;
+                          const uint32_t* seg_group, const float* scale,
+                          const float* zero, float* HWY_RESTRICT out) {
+  constexpr int kPer = 8 / kBits;
+  constexpr size_t kCodes = kBlockBytes * kPer;
   const size_t full = cols / kCodes;
   for (size_t b = 0; b < full; ++b) {
-    DecodeBlock<kBits, kAsym>(in + b * kBlockBytes, b * kCodes, g, last_group,
-                              scale, zero, out + b * kCodes);
+    DecodeBlock<kBits, kAsym, kStream>(in + b * kBlockBytes,
+                                       seg_group + b * kPer, scale, zero,
+                                       out + b * kCodes);
   }
   const size_t rest = cols - full * kCodes;
   if (rest != 0) {
@@ -412,8 +560,8 @@ HWY_INLINE void DecodeRow(const uint8_t* HWY_RESTRICT in, size_t cols,
     std::memcpy(block, in + full * kBlockBytes,
                 kBits == 8 ? rest : kBlockBytes);
     HWY_ALIGN float padded[kCodes];
-    DecodeBlock<kBits, kAsym>(block, full * kCodes, g, last_group, scale, zero,
-                              padded);
+    DecodeBlock<kBits, kAsym, false>(block, seg_group + full * kPer, scale,
+                                     zero, padded);
     std::memcpy(out + full * kCodes, padded, rest * sizeof(float));
   }
 }
@@ -428,33 +576,48 @@ void QuantizeRowsT(const T* HWY_RESTRICT x, size_t r0, size_t r1, size_t cols,
   const size_t g = p.group_size == 0 ? cols : p.group_size;
   const size_t groups = cols / g;
   const size_t row_bytes = RowBytes(cols, kBits);
-  std::vector<float> inv(groups);
-  std::vector<float> zero(groups);
+  const std::vector<uint32_t> seg_group = SegmentGroups(cols, g, kBits);
+  // Round-to-nearest with an absmax scale needs only max |x| per group.
+  const bool abs_only =
+      p.rule == ScaleRule::kAbsMax && p.method == Method::kRtn;
+  std::vector<float> gmin(groups), gmax(groups);
+  std::vector<float> inv(groups), zero(groups), scale(groups);
   for (size_t r = r0; r < r1; ++r) {
     const T* row = x + r * cols;
-    bool ok = true;
-    for (size_t gi = 0; gi < groups && ok; ++gi) {
-      const T* xg = row + gi * g;
-      const GroupStats st = ComputeStats(xg, g);
-      if (!st.finite) {
-        errors->Report(ErrorKind::kNonFinite, r, gi * g + FirstNonFinite(xg, g));
-        ok = false;
-        break;
-      }
-      const GroupQ q = FindParams(p, xg, g, st);
-      if (!IsFiniteQ(q)) {
-        errors->Report(ErrorKind::kScaleOverflow, r, gi * g);
-        ok = false;
-        break;
-      }
-      scales[r * groups + gi] = q.scale;
-      if (zeros != nullptr) zeros[r * groups + gi] = q.zero;
-      inv[gi] = q.inv;
-      zero[gi] = q.zero;
+    const bool finite = abs_only
+                            ? RowAbsMax(row, cols, g, gmax.data())
+                            : RowMinMax(row, cols, g, gmin.data(), gmax.data());
+    if (!finite) {
+      errors->Report(ErrorKind::kNonFinite, r, FirstNonFinite(row, cols));
+      continue;
     }
-    if (!ok) continue;
-    EncodeRow<kBits, kAsym>(p, row, cols, g, inv.data(), zero.data(),
-                            codes + r * row_bytes);
+    bool ok = true;
+    if (p.method == Method::kRtn && p.rule != ScaleRule::kMeanAbs) {
+      ok = RtnParamsRow(p, gmin.data(), gmax.data(), groups, scale.data(),
+                        inv.data(), zero.data());
+    } else {
+      for (size_t gi = 0; gi < groups; ++gi) {
+        const GroupStats st{gmin[gi], gmax[gi],
+                            std::fmax(-gmin[gi], gmax[gi])};
+        const GroupQ q = FindParams(p, row + gi * g, g, st);
+        scale[gi] = q.scale;
+        inv[gi] = q.inv;
+        zero[gi] = q.zero;
+        ok &= IsFiniteQ(q);
+      }
+    }
+    if (!ok) {
+      size_t gi = 0;
+      while (std::isfinite(scale[gi]) && std::isfinite(zero[gi])) ++gi;
+      errors->Report(ErrorKind::kScaleOverflow, r, gi * g);
+      continue;
+    }
+    std::memcpy(scales + r * groups, scale.data(), groups * sizeof(float));
+    if (zeros != nullptr) {
+      std::memcpy(zeros + r * groups, zero.data(), groups * sizeof(float));
+    }
+    EncodeRow<kBits, kAsym>(p, row, cols, seg_group.data(), inv.data(),
+                            zero.data(), codes + r * row_bytes);
   }
 }
 
@@ -467,13 +630,30 @@ void DequantizeRowsT(const uint8_t* HWY_RESTRICT codes,
   const size_t g = p.group_size == 0 ? cols : p.group_size;
   const size_t groups = cols / g;
   const size_t row_bytes = RowBytes(cols, kBits);
+  const std::vector<uint32_t> seg_group = SegmentGroups(cols, g, kBits);
   std::vector<float> offset;
   if (!kAsym) offset.assign(groups, static_cast<float>(p.code_offset));
+  // Streaming stores need every row start aligned to the vector size, and
+  // pay off only for outputs far larger than the last-level cache.
+  const DF d;
+  const size_t align = hn::Lanes(d) * sizeof(float);
+  const bool stream =
+      p.stream_output &&
+      reinterpret_cast<uintptr_t>(out) % align == 0 &&
+      (cols * sizeof(float)) % align == 0;
   for (size_t r = r0; r < r1; ++r) {
     const float* zero = kAsym ? zeros + r * groups : offset.data();
-    DecodeRow<kBits, kAsym>(codes + r * row_bytes, cols, g,
-                            scales + r * groups, zero, out + r * cols);
+    if (stream) {
+      DecodeRow<kBits, kAsym, true>(codes + r * row_bytes, cols,
+                                    seg_group.data(), scales + r * groups,
+                                    zero, out + r * cols);
+    } else {
+      DecodeRow<kBits, kAsym, false>(codes + r * row_bytes, cols,
+                                     seg_group.data(), scales + r * groups,
+                                     zero, out + r * cols);
+    }
   }
+  if (stream) hwy::FlushStream();
 }
 
 // The (bits, asymmetric) pairs of the schemes, as template arguments.

@@ -27,6 +27,10 @@ size_t RowGrain(size_t cols) {
   return std::max<size_t>(1, (size_t{1} << 16) / std::max<size_t>(1, cols));
 }
 
+// Outputs at least this large (bytes) are written with non-temporal stores:
+// well past the last-level cache, they would only evict useful data.
+constexpr size_t kStreamBytes = size_t{32} << 20;
+
 }  // namespace
 
 void QuantizeMatrix(const void* x, DType dtype, size_t rows, size_t cols,
@@ -42,10 +46,12 @@ void QuantizeMatrix(const void* x, DType dtype, size_t rows, size_t cols,
 void DequantizeMatrix(const uint8_t* codes, const float* scales,
                       const float* zeros, size_t rows, size_t cols,
                       const QuantParams& p, float* out) {
+  QuantParams params = p;
+  params.stream_output = rows * cols * sizeof(float) >= kStreamBytes;
   ThreadPool::Global().ParallelFor(
       rows, RowGrain(cols), [&](size_t begin, size_t end) {
         HWY_DYNAMIC_DISPATCH(DequantizeRows)(codes, scales, zeros, begin, end,
-                                             cols, p, out);
+                                             cols, params, out);
       });
 }
 
