@@ -106,6 +106,8 @@ def test_core_rejects_inconsistent_arguments():
         _core.dequantize(codes, scales, None, 4, 64, p, "w", np.empty((4, 63), np.float32))
     with pytest.raises(ValueError, match="scales have shape"):
         _core.dequantize(codes, scales[:, :1].copy(), None, 4, 64, p, "w")
+    with pytest.raises(TypeError, match="w scales: expected 2-byte elements, got 4"):
+        _core.dequantize(codes, scales.astype(np.float32), None, 4, 64, p, "w")
     with pytest.raises(ValueError, match="not C-contiguous"):
         _core.quantize(np.asfortranarray(np.ones((4, 64), np.float32)), _core.DType.F32, p, "w")
     with pytest.raises(TypeError, match="expected 2-byte elements"):

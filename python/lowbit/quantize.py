@@ -40,7 +40,7 @@ def core_params(s: Scheme, group_size: int | None, method: str) -> _core.QuantPa
 
 @dataclass(frozen=True)
 class QuantizedTensor:
-    """A quantized 2-D weight matrix.
+    """A quantized 2-D weight matrix (read-only once made).
 
     ``codes``: packed codes (uint8 ``[rows, row_bytes]``, or int8/uint8
     ``[rows, cols]`` for 8-bit schemes), or the values themselves for the
@@ -79,11 +79,10 @@ class QuantizedTensor:
                 return values
             out[...] = values
             return out
-        zeros = None if self.zeros is None else np.ascontiguousarray(self.zeros, np.float32)
         return _core.dequantize(
             self.codes,
-            np.ascontiguousarray(self.scales, np.float32),
-            zeros,
+            self.scales,
+            self.zeros,
             self.shape[0],
             self.shape[1],
             core_params(s, self.group_size, self.method),
@@ -143,7 +142,4 @@ def quantize(
     codes, scales, zeros = _core.quantize(
         raw_view(x), core_dtype(x.dtype, name), core_params(s, gs, method), name
     )
-    if gs is not None:
-        scales = scales.astype(np.float16)
-        zeros = None if zeros is None else zeros.astype(np.float16)
     return QuantizedTensor(scheme, x.shape, codes, scales, zeros, gs, method)

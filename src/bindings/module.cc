@@ -95,15 +95,18 @@ py::tuple Quantize(const py::array& x, DType dtype, const QuantParams& p,
   py::array codes = is_signed
                         ? py::array(py::dtype::of<int8_t>(), {rows, row_bytes})
                         : py::array(py::dtype::of<uint8_t>(), {rows, row_bytes});
-  py::array_t<float> scales({rows, groups});
-  std::optional<py::array_t<float>> zeros;
-  if (p.asymmetric()) zeros.emplace(std::vector<size_t>{rows, groups});
+  // Group parameters are stored as float16, per-row ones as float32.
+  const py::dtype param_type =
+      p.f16_params ? py::dtype("float16") : py::dtype::of<float>();
+  py::array scales(param_type, {rows, groups});
+  std::optional<py::array> zeros;
+  if (p.asymmetric()) zeros.emplace(param_type, std::vector<size_t>{rows, groups});
   ErrorSink errors;
   {
     const void* src = x.data();
     uint8_t* dst = static_cast<uint8_t*>(codes.mutable_data());
-    float* sc = scales.mutable_data();
-    float* zp = zeros ? zeros->mutable_data() : nullptr;
+    void* sc = scales.mutable_data();
+    void* zp = zeros ? zeros->mutable_data() : nullptr;
     py::gil_scoped_release release;
     QuantizeMatrix(src, dtype, rows, cols, p, dst, sc, zp, &errors);
   }
@@ -123,14 +126,14 @@ py::tuple Quantize(const py::array& x, DType dtype, const QuantParams& p,
   return py::make_tuple(codes, scales, z);
 }
 
-py::array_t<float> Dequantize(const py::array& codes,
-                              const py::array_t<float>& scales,
-                              const std::optional<py::array_t<float>>& zeros,
+py::array_t<float> Dequantize(const py::array& codes, const py::array& scales,
+                              const std::optional<py::array>& zeros,
                               size_t rows, size_t cols, const QuantParams& p,
                               const std::string& name,
                               std::optional<py::array_t<float>> out_arg) {
   CheckMatrix(codes, name + " codes", 1);
-  CheckMatrix(scales, name + " scales", 4);
+  const size_t param_size = p.f16_params ? 2 : 4;
+  CheckMatrix(scales, name + " scales", param_size);
   CheckParams(p, cols, name);
   const size_t groups = GroupsPerRow(cols, p.group_size);
   const size_t row_bytes = RowBytes(cols, p.bits);
@@ -155,7 +158,7 @@ py::array_t<float> Dequantize(const py::array& codes,
   check_params(scales, "scales");
   if (p.asymmetric()) {
     if (!zeros) throw py::value_error(name + ": zero points are missing");
-    CheckMatrix(*zeros, name + " zero points", 4);
+    CheckMatrix(*zeros, name + " zero points", param_size);
     check_params(*zeros, "zero points");
   }
   py::array_t<float> out;
@@ -174,8 +177,8 @@ py::array_t<float> Dequantize(const py::array& codes,
   }
   {
     const uint8_t* c = static_cast<const uint8_t*>(codes.data());
-    const float* s = scales.data();
-    const float* z = p.asymmetric() ? zeros->data() : nullptr;
+    const void* s = scales.data();
+    const void* z = p.asymmetric() ? zeros->data() : nullptr;
     float* o = out.mutable_data();
     py::gil_scoped_release release;
     DequantizeMatrix(c, s, z, rows, cols, p, o);

@@ -566,12 +566,43 @@ HWY_INLINE void DecodeRow(const uint8_t* HWY_RESTRICT in, size_t cols,
   }
 }
 
+// Stores a row's parameters: float16 bits for groups, float32 per row. The
+// values are already float16-exact, so any float16 conversion is exact here.
+HWY_INLINE void WriteParams(const QuantParams& p, const float* HWY_RESTRICT src,
+                            size_t n, void* HWY_RESTRICT dst, size_t offset) {
+  if (!p.f16_params) {
+    std::memcpy(static_cast<float*>(dst) + offset, src, n * sizeof(float));
+    return;
+  }
+  uint16_t* out = static_cast<uint16_t*>(dst) + offset;
+  const DF d;
+  const hn::Rebind<hwy::float16_t, DF> d16;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    hn::StoreU(hn::DemoteTo(d16, hn::LoadU(d, src + i)), d16,
+               reinterpret_cast<hwy::float16_t*>(out + i));
+  }
+  for (; i < n; ++i) out[i] = F16BitsFromF32(src[i]);
+}
+
+HWY_INLINE void ReadParams(const QuantParams& p, const void* HWY_RESTRICT src,
+                           size_t offset, size_t n, float* HWY_RESTRICT dst) {
+  if (!p.f16_params) {
+    std::memcpy(dst, static_cast<const float*>(src) + offset,
+                n * sizeof(float));
+    return;
+  }
+  const uint16_t* in = static_cast<const uint16_t*>(src) + offset;
+  for (size_t i = 0; i < n; ++i) dst[i] = F32FromF16Bits(in[i]);
+}
+
 // ---------------------------------------------------------------- rows
 
 template <int kBits, bool kAsym, typename T>
 void QuantizeRowsT(const T* HWY_RESTRICT x, size_t r0, size_t r1, size_t cols,
                    const QuantParams& p, uint8_t* HWY_RESTRICT codes,
-                   float* HWY_RESTRICT scales, float* HWY_RESTRICT zeros,
+                   void* HWY_RESTRICT scales, void* HWY_RESTRICT zeros,
                    ErrorSink* errors) {
   const size_t g = p.group_size == 0 ? cols : p.group_size;
   const size_t groups = cols / g;
@@ -612,10 +643,8 @@ void QuantizeRowsT(const T* HWY_RESTRICT x, size_t r0, size_t r1, size_t cols,
       errors->Report(ErrorKind::kScaleOverflow, r, gi * g);
       continue;
     }
-    std::memcpy(scales + r * groups, scale.data(), groups * sizeof(float));
-    if (zeros != nullptr) {
-      std::memcpy(zeros + r * groups, zero.data(), groups * sizeof(float));
-    }
+    WriteParams(p, scale.data(), groups, scales, r * groups);
+    if (zeros != nullptr) WriteParams(p, zero.data(), groups, zeros, r * groups);
     EncodeRow<kBits, kAsym>(p, row, cols, seg_group.data(), inv.data(),
                             zero.data(), codes + r * row_bytes);
   }
@@ -623,16 +652,16 @@ void QuantizeRowsT(const T* HWY_RESTRICT x, size_t r0, size_t r1, size_t cols,
 
 template <int kBits, bool kAsym>
 void DequantizeRowsT(const uint8_t* HWY_RESTRICT codes,
-                     const float* HWY_RESTRICT scales,
-                     const float* HWY_RESTRICT zeros, size_t r0, size_t r1,
+                     const void* HWY_RESTRICT scales,
+                     const void* HWY_RESTRICT zeros, size_t r0, size_t r1,
                      size_t cols, const QuantParams& p,
                      float* HWY_RESTRICT out) {
   const size_t g = p.group_size == 0 ? cols : p.group_size;
   const size_t groups = cols / g;
   const size_t row_bytes = RowBytes(cols, kBits);
   const std::vector<uint32_t> seg_group = SegmentGroups(cols, g, kBits);
-  std::vector<float> offset;
-  if (!kAsym) offset.assign(groups, static_cast<float>(p.code_offset));
+  std::vector<float> scale(groups), zero(groups);
+  if (!kAsym) zero.assign(groups, static_cast<float>(p.code_offset));
   // Streaming stores need every row start aligned to the vector size, and
   // pay off only for outputs far larger than the last-level cache.
   const DF d;
@@ -642,15 +671,16 @@ void DequantizeRowsT(const uint8_t* HWY_RESTRICT codes,
       reinterpret_cast<uintptr_t>(out) % align == 0 &&
       (cols * sizeof(float)) % align == 0;
   for (size_t r = r0; r < r1; ++r) {
-    const float* zero = kAsym ? zeros + r * groups : offset.data();
+    ReadParams(p, scales, r * groups, groups, scale.data());
+    if (kAsym) ReadParams(p, zeros, r * groups, groups, zero.data());
     if (stream) {
       DecodeRow<kBits, kAsym, true>(codes + r * row_bytes, cols,
-                                    seg_group.data(), scales + r * groups,
-                                    zero, out + r * cols);
+                                    seg_group.data(), scale.data(),
+                                    zero.data(), out + r * cols);
     } else {
       DecodeRow<kBits, kAsym, false>(codes + r * row_bytes, cols,
-                                     seg_group.data(), scales + r * groups,
-                                     zero, out + r * cols);
+                                     seg_group.data(), scale.data(),
+                                     zero.data(), out + r * cols);
     }
   }
   if (stream) hwy::FlushStream();
@@ -680,7 +710,7 @@ HWY_INLINE void VisitLayout(const QuantParams& p, const Visitor& visit) {
 
 void QuantizeRows(const void* x, DType dtype, size_t r0, size_t r1,
                   size_t cols, const QuantParams& p, uint8_t* codes,
-                  float* scales, float* zeros, ErrorSink* errors) {
+                  void* scales, void* zeros, ErrorSink* errors) {
   VisitLayout(p, [&](auto layout) {
     constexpr int kBits = decltype(layout)::kBits;
     constexpr bool kAsym = decltype(layout)::kAsym;
@@ -701,8 +731,8 @@ void QuantizeRows(const void* x, DType dtype, size_t r0, size_t r1,
   });
 }
 
-void DequantizeRows(const uint8_t* codes, const float* scales,
-                    const float* zeros, size_t r0, size_t r1, size_t cols,
+void DequantizeRows(const uint8_t* codes, const void* scales,
+                    const void* zeros, size_t r0, size_t r1, size_t cols,
                     const QuantParams& p, float* out) {
   VisitLayout(p, [&](auto layout) {
     constexpr int kBits = decltype(layout)::kBits;

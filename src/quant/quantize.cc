@@ -34,8 +34,8 @@ constexpr size_t kStreamBytes = size_t{32} << 20;
 }  // namespace
 
 void QuantizeMatrix(const void* x, DType dtype, size_t rows, size_t cols,
-                    const QuantParams& p, uint8_t* codes, float* scales,
-                    float* zeros, ErrorSink* errors) {
+                    const QuantParams& p, uint8_t* codes, void* scales,
+                    void* zeros, ErrorSink* errors) {
   ThreadPool::Global().ParallelFor(
       rows, RowGrain(cols), [&](size_t begin, size_t end) {
         HWY_DYNAMIC_DISPATCH(QuantizeRows)(x, dtype, begin, end, cols, p,
@@ -43,8 +43,8 @@ void QuantizeMatrix(const void* x, DType dtype, size_t rows, size_t cols,
       });
 }
 
-void DequantizeMatrix(const uint8_t* codes, const float* scales,
-                      const float* zeros, size_t rows, size_t cols,
+void DequantizeMatrix(const uint8_t* codes, const void* scales,
+                      const void* zeros, size_t rows, size_t cols,
                       const QuantParams& p, float* out) {
   QuantParams params = p;
   params.stream_output = rows * cols * sizeof(float) >= kStreamBytes;

@@ -14,17 +14,17 @@ namespace lowbit {
 
 // x: rows x cols elements of `dtype`, row-major and contiguous.
 // codes: rows x RowBytes(cols, p.bits) bytes.
-// scales, zeros: rows x GroupsPerRow(cols, p.group_size) floats, holding the
-// stored values (already rounded to float16 when p.f16_params). zeros may be
+// scales, zeros: rows x GroupsPerRow(cols, p.group_size) stored values:
+// float16 bits (uint16) when p.f16_params, float32 otherwise. zeros may be
 // null for symmetric schemes. Stops a row at its first bad element and reports
 // it to `errors`.
 void QuantizeMatrix(const void* x, DType dtype, size_t rows, size_t cols,
-                    const QuantParams& p, uint8_t* codes, float* scales,
-                    float* zeros, ErrorSink* errors);
+                    const QuantParams& p, uint8_t* codes, void* scales,
+                    void* zeros, ErrorSink* errors);
 
 // The inverse: out is rows x cols float32.
-void DequantizeMatrix(const uint8_t* codes, const float* scales,
-                      const float* zeros, size_t rows, size_t cols,
+void DequantizeMatrix(const uint8_t* codes, const void* scales,
+                      const void* zeros, size_t rows, size_t cols,
                       const QuantParams& p, float* out);
 
 // Converts n elements between float32, float16 and bfloat16, rounding to
