@@ -38,3 +38,15 @@ def test_float_schemes_round_trip(rng):
         assert qt.codes.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(qt.dequantize(), x.astype(dtype).astype(np.float32))
         assert qt.bits_per_weight == 8 * np.dtype(dtype).itemsize
+
+
+@pytest.mark.parametrize(("dtype", "big"), [(np.float16, 70000.0), (ml_dtypes.bfloat16, 3.4e38)])
+def test_cast_errors_report_the_first_place_across_chunks_and_threads(dtype, big, threads):
+    x = np.ones(600_000, np.float32)  # more than one task of the pool
+    x[550_000] = np.nan
+    x[300_001] = big
+    with pytest.raises(ValueError, match="emb: value at flat index 300001 overflows"):
+        cast(x, dtype, "emb")
+    x[300_001] = 1.0
+    with pytest.raises(ValueError, match="emb: NaN or Inf at flat index 550000"):
+        cast(x, dtype, "emb")
