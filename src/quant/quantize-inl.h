@@ -780,29 +780,18 @@ void CastScalar(const void* in, DType in_type, size_t begin, size_t end,
       errors->Report(ErrorKind::kNonFinite, 0, i);
       return;
     }
-    switch (out_type) {
-      case DType::kF32:
-        static_cast<float*>(out)[i] = v;
-        break;
-      case DType::kF16: {
-        const uint16_t h = F16BitsFromF32(v);
-        if ((h & 0x7C00u) == 0x7C00u) {
-          errors->Report(ErrorKind::kCastOverflow, 0, i);
-          return;
-        }
-        static_cast<uint16_t*>(out)[i] = h;
-        break;
-      }
-      case DType::kBF16: {
-        const uint16_t b = BF16BitsFromF32(v);
-        if ((b & 0x7F80u) == 0x7F80u) {
-          errors->Report(ErrorKind::kCastOverflow, 0, i);
-          return;
-        }
-        static_cast<uint16_t*>(out)[i] = b;
-        break;
-      }
+    if (out_type == DType::kF32) {
+      static_cast<float*>(out)[i] = v;
+      continue;
     }
+    const bool half = out_type == DType::kF16;
+    const uint16_t bits = half ? F16BitsFromF32(v) : BF16BitsFromF32(v);
+    const uint16_t inf_exponent = half ? 0x7C00u : 0x7F80u;
+    if ((bits & inf_exponent) == inf_exponent) {
+      errors->Report(ErrorKind::kCastOverflow, 0, i);
+      return;
+    }
+    static_cast<uint16_t*>(out)[i] = bits;
   }
 }
 
