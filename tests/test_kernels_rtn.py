@@ -28,6 +28,7 @@ SHAPES = [
     (3, 160, 32),
     (2, 192, 64),
     (3, 384, 128),
+    (8, 4096, None),  # a real row length: long sums, many blocks
 ]
 
 

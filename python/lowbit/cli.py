@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -89,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args._commands[args.command](args)
+    except BrokenPipeError:
+        # The reader went away (`lowbit demo | head`): not an error of ours.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (stays open until exit)
+        return EXIT_OK
     except (UserError, ValueError, TypeError, OSError) as e:
         print(f"lowbit {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
