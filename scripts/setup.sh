@@ -35,8 +35,13 @@ fi
 
 build_stamp=build/.lowbit-stamp
 build_hash=$(cat pyproject.toml CMakeLists.txt $(find src -type f | sort) | sha256sum | cut -d' ' -f1)
-if [[ ! -f $build_stamp || $(cat "$build_stamp") != "$build_hash" ]] ||
-  ! "$PY" -c "import lowbit._core" 2>/dev/null; then
+# The installed package must be this checkout's (another clone may have been
+# installed in editable mode since), with its compiled core importable.
+installed_here() {
+  (cd / && "$PY" -c "import sys, lowbit._core, lowbit
+sys.exit(lowbit.__file__ != sys.argv[1])" "$PWD/python/lowbit/__init__.py") 2>/dev/null
+}
+if [[ ! -f $build_stamp || $(cat "$build_stamp") != "$build_hash" ]] || ! installed_here; then
   echo "setup: building lowbit (C++ core and Python package)"
   "$PY" -m pip install -q --no-build-isolation --no-deps -e .
   mkdir -p build && echo "$build_hash" >"$build_stamp"
