@@ -8,6 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_ROOT_USER_ACTION=ignore
 # Debian's own Python refuses pip installs outside a venv (PEP 668); as root on
 # a build machine that is what we want.
 export PIP_BREAK_SYSTEM_PACKAGES=1
@@ -37,9 +38,10 @@ build_stamp=build/.lowbit-stamp
 build_hash=$(cat pyproject.toml CMakeLists.txt $(find src -type f | sort) | sha256sum | cut -d' ' -f1)
 # The installed package must be this checkout's (another clone may have been
 # installed in editable mode since), with its compiled core importable.
+repo=$PWD
 installed_here() {
   (cd / && "$PY" -c "import sys, lowbit._core, lowbit
-sys.exit(lowbit.__file__ != sys.argv[1])" "$PWD/python/lowbit/__init__.py") 2>/dev/null
+sys.exit(lowbit.__file__ != sys.argv[1])" "$repo/python/lowbit/__init__.py") 2>/dev/null
 }
 if [[ ! -f $build_stamp || $(cat "$build_stamp") != "$build_hash" ]] || ! installed_here; then
   echo "setup: building lowbit (C++ core and Python package)"
