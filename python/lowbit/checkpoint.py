@@ -1,0 +1,202 @@
+"""Reading HuggingFace safetensors checkpoints one tensor at a time.
+
+A checkpoint is a directory holding ``model.safetensors``, or shards listed by
+``model.safetensors.index.json``, or a single ``.safetensors`` file. Headers are
+checked when the checkpoint is opened (sizes, offsets, dtypes), so a damaged
+file is reported by name before any conversion starts; tensor data is read
+only when asked for, one tensor at a time, through the ``safetensors`` package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+
+from lowbit.dtypes import BFLOAT16
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+# safetensors dtype codes lowbit reads as weights.
+FLOAT_DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": BFLOAT16}
+# Bytes per element of every dtype the format defines (for header checks).
+DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+    "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+}  # fmt: skip
+# A header larger than this is not a model's: refuse before reading it.
+MAX_HEADER_BYTES = 100 << 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read; the message names the file and tensor."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # safetensors code: F32, F16, BF16, ...
+    file: Path
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_BYTES[self.dtype]
+
+
+def read_header(path: Path) -> dict[str, TensorInfo]:
+    """The tensors of one safetensors file, with every header field checked."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{path}: file is {size} bytes, too short for a header")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > size - 8 or header_len > MAX_HEADER_BYTES:
+                raise CheckpointError(
+                    f"{path}: header claims {header_len} bytes but the file has {size - 8} "
+                    "after its length field (truncated or not a safetensors file)"
+                )
+            raw = f.read(header_len)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: header is not a JSON object")
+    data_size = size - 8 - header_len
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        tensors[name] = _check_entry(path, name, entry, data_size)
+    return tensors
+
+
+def _check_entry(path: Path, name: str, entry: object, data_size: int) -> TensorInfo:
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{where}: header entry is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        raise CheckpointError(f"{where}: unknown dtype {dtype!r}")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise CheckpointError(f"{where}: bad shape {shape!r}")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    ):
+        raise CheckpointError(f"{where}: bad data_offsets {offsets!r}")
+    begin, end = offsets
+    if end > data_size:
+        raise CheckpointError(
+            f"{where}: data ends at byte {end} but the file holds {data_size} bytes of data "
+            "(truncated?)"
+        )
+    info = TensorInfo(name, tuple(shape), dtype, path)
+    if end - begin != info.nbytes:
+        raise CheckpointError(
+            f"{where}: {end - begin} bytes stored for shape {tuple(shape)} {dtype} "
+            f"({info.nbytes} expected)"
+        )
+    return info
+
+
+class Checkpoint:
+    """The tensors of a checkpoint directory (or one file), read lazily by name."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._tensors: dict[str, TensorInfo] = {}
+        weight_map: dict[str, str] = {}
+        for file in self._files(weight_map):
+            for name, info in read_header(file).items():
+                if name in self._tensors:
+                    other = self._tensors[name].file
+                    raise CheckpointError(f"{file}: tensor {name!r} is also in {other}")
+                self._tensors[name] = info
+        for name, shard in weight_map.items():
+            info = self._tensors.get(name)
+            if info is None or info.file.name != shard:
+                raise CheckpointError(
+                    f"{self.path / INDEX_FILE}: maps {name!r} to {shard!r}, which does not hold it"
+                )
+
+    def _files(self, weight_map: dict[str, str]) -> list[Path]:
+        """The safetensors files; fills ``weight_map`` from the index if there is one."""
+        if self.path.is_file():
+            return [self.path]
+        if not self.path.is_dir():
+            raise CheckpointError(f"{self.path}: no such checkpoint file or directory")
+        index = self.path / INDEX_FILE
+        if index.is_file():
+            return self._shards(index, weight_map)
+        single = self.path / SINGLE_FILE
+        if single.is_file():
+            return [single]
+        found = sorted(self.path.glob("*.safetensors"))
+        if found:
+            return found
+        raise CheckpointError(f"{self.path}: no {SINGLE_FILE}, {INDEX_FILE} or *.safetensors")
+
+    def _shards(self, index: Path, weight_map: dict[str, str]) -> list[Path]:
+        try:
+            weight_map.update(json.loads(index.read_text())["weight_map"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index ({e})") from None
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to file names")
+        shards = sorted(set(weight_map.values()))
+        for shard in shards:
+            if not (self.path / shard).is_file():
+                raise CheckpointError(f"{index}: names shard {shard!r}, which is missing")
+        return [self.path / s for s in shards]
+
+    def names(self) -> list[str]:
+        """Tensor names in file order."""
+        return list(self._tensors)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise CheckpointError(f"{self.path}: no tensor named {name!r}") from None
+
+    def get(self, name: str) -> np.ndarray:
+        """One tensor as a NumPy array (float32, float16 or bfloat16 for weights)."""
+        info = self.info(name)
+        try:
+            with safe_open(info.file, framework="np") as f:
+                return f.get_tensor(name)
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{info.file}: tensor {name!r}: {e}") from None
+
+    def get_float(self, name: str) -> np.ndarray:
+        """A weight tensor; a dtype that is not F32, F16 or BF16 is an error naming it."""
+        info = self.info(name)
+        if info.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{info.file}: tensor {name!r} has dtype {info.dtype}; "
+                f"lowbit reads weights stored as {', '.join(FLOAT_DTYPES)}"
+            )
+        return self.get(name)
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, array) pairs, one tensor in memory at a time."""
+        for name in self._tensors:
+            yield name, self.get(name)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
