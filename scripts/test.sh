@@ -5,6 +5,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 PY=${PYTHON:-python3}
 "$PY" -m ruff check python tests benchmarks scripts
+"$PY" -m ruff format --check --quiet python tests benchmarks scripts
 status=0
 "$PY" -m pytest "$@" || status=$?
 if ((status == 5)); then

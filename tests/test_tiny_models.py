@@ -1,0 +1,41 @@
+"""Every family's checkpoint layout: read back, each tensor has a role, each preset plans it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from lowbit.architectures import family_of
+from lowbit.checkpoint import Checkpoint
+from lowbit.recipes import PRESETS, Recipe
+from tiny_models import FAMILIES, make_tiny_checkpoint
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def tiny(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param)
+    return request.param, make_tiny_checkpoint(request.param, out, dtype="bfloat16")
+
+
+def test_every_tensor_has_a_role_and_a_plan(tiny):
+    family, path = tiny
+    config = json.loads((path / "config.json").read_text())
+    assert family_of(config).name == family
+    ck = Checkpoint(path)
+    for name in ck.names():
+        info = ck.info(name)
+        for preset in PRESETS:
+            plan = Recipe.from_args(preset).plan(name, info.shape)
+            assert plan.role != "other", name
+            assert plan.fallback is None, plan.fallback  # tiny shapes are multiples of 32
+        assert ck.get_float(name).shape == info.shape
+
+
+def test_sharded_checkpoints_read_like_single_ones(tmp_path):
+    single = make_tiny_checkpoint("qwen2", tmp_path / "one", dtype="float32")
+    sharded = make_tiny_checkpoint("qwen2", tmp_path / "many", dtype="float32", shard_size="20KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    a, b = Checkpoint(single), Checkpoint(sharded)
+    assert sorted(a.names()) == sorted(b.names())
+    for name in a.names():
+        assert (a.get(name) == b.get(name)).all()
