@@ -35,3 +35,20 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """make(family, dtype="float32", shard_size=None) -> a cached tiny checkpoint directory."""
+    from tiny_models import make_tiny_checkpoint
+
+    cache: dict[tuple, object] = {}
+
+    def make(family: str, dtype: str = "float32", shard_size: str | None = None):
+        key = (family, dtype, shard_size)
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"{family}-{dtype}")
+            cache[key] = make_tiny_checkpoint(family, out, dtype=dtype, shard_size=shard_size)
+        return cache[key]
+
+    return make

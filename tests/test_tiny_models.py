@@ -11,10 +11,9 @@ from lowbit.recipes import PRESETS, Recipe
 from tiny_models import FAMILIES, make_tiny_checkpoint
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
-def tiny(request, tmp_path_factory):
-    out = tmp_path_factory.mktemp(request.param)
-    return request.param, make_tiny_checkpoint(request.param, out, dtype="bfloat16")
+@pytest.fixture(params=sorted(FAMILIES))
+def tiny(request, tiny_checkpoint):
+    return request.param, tiny_checkpoint(request.param, "bfloat16")
 
 
 def test_every_tensor_has_a_role_and_a_plan(tiny):

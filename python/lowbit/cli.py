@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from lowbit import demo
 
@@ -39,6 +40,53 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     report = demo.run(rows=args.rows, cols=args.cols, seed=args.seed, quiet=args.quiet or args.json)
     if args.json:
         print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from lowbit.convert import convert
+
+    summary = convert(
+        args.src,
+        args.out,
+        preset=args.preset,
+        rules=args.scheme,
+        force=args.force,
+        progress=False if (args.quiet or args.json) else None,
+    )
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    elif not args.quiet:
+        ratio = summary.source_bytes / max(1, summary.output_bytes)
+        print(
+            f"{summary.out}: {summary.tensors} tensors, {summary.output_bytes / 2**20:.1f} MiB "
+            f"({ratio:.2f}x smaller than the source), quantized weights at "
+            f"{summary.quantized_bits_per_weight:.3f} bits/weight, {summary.seconds:.1f} s"
+        )
+        for f in summary.fallbacks:
+            print(f"  fallback: {f}")
+    return EXIT_OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from lowbit.inspect_model import format_report, inspect_model
+    from lowbit.manifest import ManifestError
+
+    if not Path(args.out).is_dir():
+        raise UserError(f"{args.out}: no such model directory")
+    try:
+        report = inspect_model(args.out, verify=args.verify, context=args.context)
+    except ManifestError as e:
+        print(f"lowbit inspect: {e}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    elif not args.quiet:
+        print(format_report(report))
+    if not report.ok:
+        for p in report.problems:
+            print(f"lowbit inspect: {p}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     return EXIT_OK
 
 
@@ -76,6 +124,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_output_flags(p)
     commands["demo"] = _cmd_demo
+
+    from lowbit.recipes import PRESETS
+
+    p = sub.add_parser("convert", help="convert a HuggingFace checkpoint into a model directory")
+    p.add_argument("src", help="checkpoint directory (config.json + safetensors)")
+    p.add_argument("out", help="output model directory")
+    p.add_argument("--preset", default="q4", choices=list(PRESETS), help="default: q4")
+    p.add_argument(
+        "--scheme",
+        action="append",
+        default=[],
+        metavar="REGEX=SCHEME[:GROUP][:METHOD]",
+        help="scheme for tensors whose name matches REGEX, before the preset (repeatable)",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    _add_output_flags(p)
+    commands["convert"] = _cmd_convert
+
+    p = sub.add_parser("inspect", help="check a model directory and report what is in it")
+    p.add_argument("out", help="model directory")
+    p.add_argument("--verify", action="store_true", help="also check every file's SHA-256")
+    p.add_argument("--context", type=positive_int, help="context length for the memory estimate")
+    _add_output_flags(p)
+    commands["inspect"] = _cmd_inspect
 
     p = sub.add_parser("schemes", help="list the quantization schemes")
     _add_output_flags(p)

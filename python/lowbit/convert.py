@@ -1,0 +1,304 @@
+"""``lowbit convert``: a HuggingFace checkpoint into a compact model directory.
+
+Streams one tensor at a time: read (memory-mapped safetensors), quantize in the
+C++ core, measure its error, write. Output goes to ``OUT.partial`` and is
+renamed to ``OUT`` only when everything, manifest included, is on disk, so an
+interrupted run never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from lowbit import __version__
+from lowbit.checkpoint import Checkpoint, CheckpointError
+from lowbit.dtypes import FLOAT_SCHEME_DTYPES, cast
+from lowbit.manifest import FORMAT_VERSION, MANIFEST_FILE, PACKING, describe_model, validate
+from lowbit.metrics import weight_error
+from lowbit.quantize import quantize
+from lowbit.recipes import Recipe, TensorPlan
+from lowbit.safetensors_writer import StreamingWriter, TensorSpec
+from lowbit.schemes import get_scheme
+
+# Copied beside the weights when the source has them.
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
+DEFAULT_SHARD_BYTES = 4 << 30
+
+
+class ConvertError(ValueError):
+    """Bad input to a conversion: printed without a traceback, exit code 2."""
+
+
+@dataclass
+class ConvertSummary:
+    out: str
+    preset: str
+    tensors: int
+    source_bytes: int
+    output_bytes: int
+    quantized_bits_per_weight: float
+    seconds: float
+    fallbacks: list[str] = field(default_factory=list)
+    by_scheme: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def stored_specs(
+    name: str, shape: tuple[int, ...], scheme: str, group_size: int | None
+) -> list[TensorSpec]:
+    """The tensors one weight becomes on disk: its values, or codes, scales and zeros."""
+    s = get_scheme(scheme)
+    if s.is_float:
+        return [TensorSpec(name, FLOAT_SCHEME_DTYPES[s.name], tuple(shape))]
+    rows, cols = math.prod(shape[:-1]), shape[-1]
+    groups = 1 if group_size is None else cols // group_size
+    param = np.dtype(np.float32 if group_size is None else np.float16)
+    code = np.dtype(np.int8 if s.bits == 8 and s.qmin < 0 else np.uint8)
+    specs = [
+        TensorSpec(f"{name}.codes", code, (rows, s.row_bytes(cols))),
+        TensorSpec(f"{name}.scales", param, (rows, groups)),
+    ]
+    if s.asymmetric:
+        specs.append(TensorSpec(f"{name}.zeros", param, (rows, groups)))
+    return specs
+
+
+def _stored_specs(plan: TensorPlan) -> list[TensorSpec]:
+    return stored_specs(plan.name, plan.shape, plan.choice.scheme, plan.choice.group_size)
+
+
+def _shards(plans: list[TensorPlan], max_bytes: int) -> list[list[TensorPlan]]:
+    """Consecutive weights grouped into files of at most ``max_bytes`` (one weight never split)."""
+    shards: list[list[TensorPlan]] = [[]]
+    size = 0
+    for p in plans:
+        n = sum(s.nbytes for s in _stored_specs(p))
+        if shards[-1] and size + n > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(p)
+        size += n
+    return shards
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _encode(plan: TensorPlan, x: np.ndarray) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Quantize one weight: its stored arrays and its manifest entry (without ``stored``)."""
+    s = get_scheme(plan.choice.scheme)
+    flat = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+    if s.is_float:
+        values = cast(x, FLOAT_SCHEME_DTYPES[s.name], plan.name)
+        arrays = [values]
+        x_hat = cast(values, np.float32, plan.name).reshape(flat.shape)
+        bpw = 8.0 * values.dtype.itemsize
+    else:
+        qt = quantize(
+            np.ascontiguousarray(flat),
+            s.name,
+            group_size=plan.choice.group_size,
+            method=plan.choice.method,
+            name=plan.name,
+        )
+        arrays = [a for a in (qt.codes, qt.scales, qt.zeros) if a is not None]
+        x_hat = qt.dequantize()
+        bpw = qt.bits_per_weight
+    err = weight_error(cast(flat, np.float32, plan.name), x_hat) if flat.size else None
+    entry = {
+        "name": plan.name,
+        "shape": list(plan.shape),
+        "source_dtype": str(x.dtype),
+        "role": plan.role,
+        "scheme": s.name,
+        "bits": s.bits,
+        "group_size": plan.choice.group_size,
+        "method": plan.choice.method,
+        "bits_per_weight": bpw,
+        "rel_error": 0.0 if err is None else err.rel_error,
+        "fallback": plan.fallback,
+    }
+    return arrays, entry
+
+
+def _prepare_out(out: Path, force: bool) -> Path:
+    if out.exists() and not force:
+        raise ConvertError(f"{out} already exists; pass --force to replace it")
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():  # left by an interrupted run
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def _commit(partial: Path, out: Path) -> None:
+    """Replace ``out`` by the finished ``partial`` directory."""
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+        partial.rename(out)
+        shutil.rmtree(old)
+    else:
+        partial.rename(out)
+
+
+def convert(
+    src: str | Path,
+    out: str | Path,
+    preset: str = "q4",
+    rules: list[str] | tuple[str, ...] = (),
+    force: bool = False,
+    progress: bool | None = None,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> ConvertSummary:
+    """Convert the checkpoint at ``src`` into the model directory ``out``.
+
+    ``preset`` and ``rules`` (``REGEX=SCHEME[:GROUP][:METHOD]``) choose each
+    tensor's scheme. Returns a summary; bad input raises ConvertError,
+    CheckpointError or ValueError naming the file or tensor.
+    """
+    t0 = time.perf_counter()
+    src, out = Path(src), Path(out)
+    recipe = Recipe.from_args(preset, list(rules))
+    config_path = src / "config.json" if src.is_dir() else src.parent / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise ConvertError(f"{config_path}: missing; a checkpoint needs its config.json") from None
+    except ValueError as e:
+        raise ConvertError(f"{config_path}: not valid JSON ({e})") from None
+    ck = Checkpoint(src)
+    tied = "lm_head.weight" not in ck.names()
+    model = describe_model(config, config.get("_name_or_path") or src.name, tied)
+    plans = [recipe.plan(name, ck.info(name).shape) for name in ck.names()]
+    for p in plans:
+        if p.fallback:
+            print(f"lowbit convert: {p.name}: {p.fallback}", file=sys.stderr)
+
+    partial = _prepare_out(out, force)
+    shards = _shards(plans, max_shard_bytes)
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=len(plans), unit="tensor", disable=not show, desc="convert")
+    weights, files, weight_map = [], [], {}
+    for fname, shard in zip(names, shards, strict=True):
+        specs = [s for p in shard for s in _stored_specs(p)]
+        with StreamingWriter(partial / fname, specs, {"format": "lowbit"}) as w:
+            for p in shard:
+                x = ck.get_float(p.name) if len(p.shape) >= 2 else ck.get(p.name)
+                arrays, entry = _encode(p, x)
+                stored = _stored_specs(p)
+                for spec, arr in zip(stored, arrays, strict=True):
+                    w.write(spec.name, arr.reshape(spec.shape))
+                    weight_map[spec.name] = fname
+                keys = ("values",) if len(stored) == 1 else ("values", "scales", "zeros")
+                entry["stored"] = {
+                    "file": fname,
+                    **{k: s.name for k, s in zip(keys, stored, strict=False)},
+                }
+                weights.append(entry)
+                bar.update()
+        files.append({"name": fname, "size": w.size, "sha256": w.sha256})
+    bar.close()
+    if len(shards) > 1:
+        index = partial / "model.safetensors.index.json"
+        index.write_text(json.dumps({"metadata": {"format": "lowbit"}, "weight_map": weight_map}))
+
+    src_dir = src if src.is_dir() else src.parent
+    for name in SIDE_FILES:
+        if (src_dir / name).is_file():
+            shutil.copy2(src_dir / name, partial / name)
+    source_files = sorted({ck.info(n).file for n in ck.names()} | {config_path})
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "lowbit_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": model,
+        "recipe": recipe.as_dict(),
+        "packing": PACKING,
+        "weights": weights,
+        "files": files,
+        "source": {
+            "path": str(src.resolve()),
+            "repo_id": repo_id,
+            "revision": revision,
+            "files": [
+                {"name": f.name, "size": f.stat().st_size, "sha256": _sha256(f)}
+                for f in source_files
+            ],
+        },
+    }
+    validate(manifest)
+    (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    _commit(partial, out)
+    return _summarize(out, preset, weights, files, source_files, time.perf_counter() - t0)
+
+
+def _summarize(
+    out: Path,
+    preset: str,
+    weights: list[dict[str, Any]],
+    files: list[dict[str, Any]],
+    source_files: list[Path],
+    seconds: float,
+) -> ConvertSummary:
+    by_scheme: dict[str, dict[str, float]] = {}
+    q_bits = q_count = 0.0
+    for w in weights:
+        n = math.prod(w["shape"])
+        agg = by_scheme.setdefault(w["scheme"], {"tensors": 0, "weights": 0, "bytes": 0.0})
+        agg["tensors"] += 1
+        agg["weights"] += n
+        agg["bytes"] += n * w["bits_per_weight"] / 8
+        if not get_scheme(w["scheme"]).is_float:
+            q_bits += n * w["bits_per_weight"]
+            q_count += n
+    return ConvertSummary(
+        out=str(out),
+        preset=preset,
+        tensors=len(weights),
+        source_bytes=sum(f.stat().st_size for f in source_files),
+        output_bytes=sum(f["size"] for f in files),
+        quantized_bits_per_weight=q_bits / q_count if q_count else 0.0,
+        seconds=seconds,
+        fallbacks=[f"{w['name']}: {w['fallback']}" for w in weights if w["fallback"]],
+        by_scheme=by_scheme,
+    )
+
+
+__all__ = ["CheckpointError", "ConvertError", "ConvertSummary", "convert", "stored_specs"]

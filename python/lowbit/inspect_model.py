@@ -1,0 +1,176 @@
+"""``lowbit inspect``: check a converted model directory and say what is in it.
+
+Checks the manifest against its schema, every file's size (and with
+``verify`` its SHA-256), and every stored tensor's dtype and shape against its
+scheme. Reports sizes per scheme, bits per weight, and the memory needed to run
+the model at a context length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lowbit.checkpoint import CheckpointError, read_header
+from lowbit.convert import stored_specs
+from lowbit.manifest import load
+from lowbit.safetensors_writer import ST_DTYPES
+
+
+@dataclass
+class InspectReport:
+    path: str
+    problems: list[str] = field(default_factory=list)
+    model: dict[str, Any] = field(default_factory=dict)
+    by_scheme: dict[str, dict[str, float]] = field(default_factory=dict)
+    weights: int = 0
+    weight_bytes: int = 0
+    bits_per_weight: float = 0.0
+    memory: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def memory_estimate(model: dict[str, Any], weight_bytes: int, context: int) -> dict[str, int]:
+    """Bytes to run the model at ``context`` tokens, batch 1, float32 KV cache.
+
+    KV cache: 2 (K and V) x layers x kv heads x head dim x context x 4 bytes.
+    Activations: the largest per-token buffers of one layer (hidden states,
+    q/k/v, the FFN's gate and up, attention scores over the context) plus the
+    logits, all float32.
+    """
+    kv = 2 * model["num_layers"] * model["num_kv_heads"] * model["head_dim"] * context * 4
+    per_token = (
+        4 * model["hidden_size"]
+        + (model["num_heads"] + 2 * model["num_kv_heads"]) * model["head_dim"]
+        + 3 * model["intermediate_size"]
+        + model["num_heads"] * context
+    )
+    activations = 4 * (per_token + model["vocab_size"])
+    return {
+        "context": context,
+        "weights": weight_bytes,
+        "kv_cache": kv,
+        "activations": activations,
+        "total": weight_bytes + kv + activations,
+    }
+
+
+def inspect_model(
+    path: str | Path, verify: bool = False, context: int | None = None
+) -> InspectReport:
+    """Check ``path`` and summarise it.
+
+    Problems are listed in the report; only a missing or schema-breaking
+    manifest raises (ManifestError).
+    """
+    path = Path(path)
+    report = InspectReport(str(path))
+    manifest = load(path)  # ManifestError: not a model directory, or a broken manifest
+    report.model = manifest["model"]
+    problems = report.problems
+    headers: dict[str, dict] = {}
+    for f in manifest["files"]:
+        fp = path / f["name"]
+        if not fp.is_file():
+            problems.append(f"{f['name']}: missing")
+            continue
+        size = fp.stat().st_size
+        if size != f["size"]:
+            problems.append(f"{f['name']}: {size} bytes, manifest says {f['size']}")
+            continue
+        if verify and _sha256(fp) != f["sha256"]:
+            problems.append(f"{f['name']}: SHA-256 differs from the manifest's")
+            continue
+        try:
+            headers[f["name"]] = read_header(fp)
+        except CheckpointError as e:
+            problems.append(str(e))
+    listed = {f["name"] for f in manifest["files"]}
+    total_bits = 0.0
+    for w in manifest["weights"]:
+        stored = w["stored"]
+        if stored["file"] not in listed:
+            problems.append(
+                f"{w['name']}: stored in {stored['file']}, which the manifest does not list"
+            )
+            continue
+        header = headers.get(stored["file"])
+        if header is None:
+            continue  # its file was already reported
+        for spec in stored_specs(w["name"], tuple(w["shape"]), w["scheme"], w["group_size"]):
+            info = header.get(spec.name)
+            if info is None:
+                problems.append(f"{w['name']}: {spec.name} is not in {stored['file']}")
+            elif (info.dtype, info.shape) != (ST_DTYPES[spec.dtype], spec.shape):
+                problems.append(
+                    f"{spec.name}: stored as {info.dtype} {info.shape}, "
+                    f"{w['scheme']} needs {ST_DTYPES[spec.dtype]} {spec.shape}"
+                )
+        n = math.prod(w["shape"])
+        agg = report.by_scheme.setdefault(w["scheme"], {"tensors": 0, "weights": 0, "bytes": 0})
+        agg["tensors"] += 1
+        agg["weights"] += n
+        agg["bytes"] += round(n * w["bits_per_weight"] / 8)
+        report.weights += n
+        total_bits += n * w["bits_per_weight"]
+    report.weight_bytes = round(total_bits / 8)
+    report.bits_per_weight = total_bits / report.weights if report.weights else 0.0
+    ctx = context or manifest["model"]["context_length"]
+    report.memory = memory_estimate(manifest["model"], report.weight_bytes, ctx)
+    return report
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def format_report(r: InspectReport) -> str:
+    m = r.model
+    lines = [
+        f"{r.path}: {m['name']} ({m['architecture']}, {m['num_layers']} layers, "
+        f"hidden {m['hidden_size']}, vocab {m['vocab_size']}"
+        + (
+            f", {m['num_experts']} experts top-{m['experts_per_token']})"
+            if m["num_experts"]
+            else ")"
+        ),
+        "",
+        f"{'scheme':<8} {'tensors':>7} {'weights':>13} {'size':>12} {'bits/w':>7}",
+    ]
+    for scheme, agg in sorted(r.by_scheme.items(), key=lambda kv: -kv[1]["bytes"]):
+        bpw = 8 * agg["bytes"] / agg["weights"] if agg["weights"] else 0
+        size = _mib(agg["bytes"])
+        lines.append(
+            f"{scheme:<8} {agg['tensors']:>7} {agg['weights']:>13,} {size:>12} {bpw:>7.3f}"
+        )
+    lines.append(
+        f"{'total':<8} {sum(a['tensors'] for a in r.by_scheme.values()):>7} {r.weights:>13,} "
+        f"{_mib(r.weight_bytes):>12} {r.bits_per_weight:>7.3f}"
+    )
+    mem = r.memory
+    lines += [
+        "",
+        f"memory at {mem['context']} tokens of context: {_mib(mem['total'])} "
+        f"(weights {_mib(mem['weights'])} + KV cache {_mib(mem['kv_cache'])} "
+        f"+ activations {_mib(mem['activations'])})",
+    ]
+    lines += ["", "OK" if r.ok else f"{len(r.problems)} problem(s):"]
+    lines += [f"  - {p}" for p in r.problems]
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""The manifest of a converted model directory: what everything in it is.
+
+``manifest.json`` follows ``schemas/manifest.schema.json``, which ships in the
+package; the writer validates against it and ``lowbit inspect`` checks it.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from lowbit.architectures import family_of
+from lowbit.schemes import BLOCK_BYTES
+
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+PACKING = {
+    "block_bytes": BLOCK_BYTES,
+    "layout": (
+        "Codes of a row are stored in 16-byte blocks; the code at position k*16 + j of a "
+        "block sits in byte j, bits [k*bits, (k+1)*bits). A row's last block is padded with "
+        "quantized zeros. 8-bit codes are stored one per byte, unpadded (int8 signed, uint8 "
+        "unsigned). Reconstruction: scale * (code - zero), where zero is the stored zero "
+        "point (uint*) or the scheme's fixed offset (int8: 0, int4: 8, ternary: 1)."
+    ),
+    "values": "{name}.codes, {name}.scales [rows, groups], {name}.zeros [rows, groups]",
+    "params_dtype": "float16 when grouped, float32 per row",
+}
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, unreadable or does not match its schema."""
+
+
+def schema() -> dict[str, Any]:
+    text = resources.files("lowbit").joinpath("schemas/manifest.schema.json").read_text()
+    return json.loads(text)
+
+
+def validate(manifest: dict[str, Any], where: str = MANIFEST_FILE) -> None:
+    """Raise ManifestError naming the first field that breaks the schema."""
+    try:
+        jsonschema.validate(manifest, schema())
+    except jsonschema.ValidationError as e:
+        path = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ManifestError(f"{where}: {path}: {e.message}") from None
+
+
+def load(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: missing; is {model_dir} a lowbit model directory?") from None
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"{path}: unreadable ({e})") from None
+    validate(manifest, str(path))
+    return manifest
+
+
+def _rope(config: dict[str, Any]) -> dict[str, Any]:
+    params = config.get("rope_parameters") or {}
+    theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
+    scaling = config.get("rope_scaling")
+    if scaling is None and params.get("rope_type", "default") != "default":
+        scaling = params
+    return {"theta": float(theta), "scaling": scaling}
+
+
+def describe_model(config: dict[str, Any], name: str, tied: bool) -> dict[str, Any]:
+    """The ``model`` section from a HuggingFace config.json."""
+    family = family_of(config)
+    heads = int(config["num_attention_heads"])
+    hidden = int(config["hidden_size"])
+    return {
+        "name": name,
+        "family": family.name,
+        "architecture": (config.get("architectures") or [family.model_type])[0],
+        "model_type": config.get("model_type", family.model_type),
+        "hidden_size": hidden,
+        "num_layers": int(config["num_hidden_layers"]),
+        "num_heads": heads,
+        "num_kv_heads": int(config.get("num_key_value_heads") or heads),
+        "head_dim": int(config.get("head_dim") or hidden // heads),
+        "intermediate_size": int(
+            config.get("intermediate_size") or config.get("moe_intermediate_size") or 1
+        ),
+        "vocab_size": int(config["vocab_size"]),
+        "context_length": int(config.get("max_position_embeddings") or 2048),
+        "rope": _rope(config),
+        "tie_word_embeddings": tied,
+        "num_experts": int(config.get("num_local_experts") or config.get("num_experts") or 0),
+        "experts_per_token": int(config.get("num_experts_per_tok") or 0),
+    }
