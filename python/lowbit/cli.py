@@ -12,8 +12,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lowbit import demo
-
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -37,7 +35,9 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    report = demo.run(rows=args.rows, cols=args.cols, seed=args.seed, quiet=args.quiet or args.json)
+    from lowbit import demo
+
+    report = demo.run(out=args.out, preset=args.preset, quiet=args.quiet or args.json)
     if args.json:
         print(json.dumps(report, indent=2))
     return EXIT_OK
@@ -118,14 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: dict[str, Callable[[argparse.Namespace], int]] = {}
 
-    p = sub.add_parser("demo", help="the main job, end to end, on the default data")
-    p.add_argument("--rows", type=positive_int, default=4096, help="rows of the demo matrix")
-    p.add_argument("--cols", type=positive_int, default=4096, help="columns of the demo matrix")
-    p.add_argument("--seed", type=int, default=0)
+    from lowbit.recipes import PRESETS
+
+    p = sub.add_parser("demo", help="the main job, end to end, on the embedded default model")
+    p.add_argument("--out", type=Path, help="where to write the converted model")
+    p.add_argument("--preset", default="q4", choices=list(PRESETS))
     _add_output_flags(p)
     commands["demo"] = _cmd_demo
-
-    from lowbit.recipes import PRESETS
 
     p = sub.add_parser("convert", help="convert a HuggingFace checkpoint into a model directory")
     p.add_argument("src", help="checkpoint directory (config.json + safetensors)")
