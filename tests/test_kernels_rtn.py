@@ -168,3 +168,17 @@ def test_int4_packing_layout():
 def test_bits_per_weight(scheme, gs, cols, expected):
     x = np.ones((8, cols), np.float32)
     assert lowbit.quantize(x, scheme, group_size=gs).bits_per_weight == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("scheme", [s.name for s in SCHEMES.values()])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize(("rows", "cols", "gs"), [(3, 129, None), (5, 96, 32)])
+def test_relative_error_matches_the_dequantized_matrix(
+    scheme, dtype, rows, cols, gs, simd_target, rng
+):
+    x = _matrix(rng, rows, cols, dtype)
+    qt = lowbit.quantize(x, scheme, group_size=gs)
+    ref = x.astype(np.float64)
+    expected = np.linalg.norm(ref - qt.dequantize()) / np.linalg.norm(ref)
+    # float32 sums within a row: agreement to float32 rounding, not bit for bit.
+    assert qt.relative_error(x) == pytest.approx(expected, rel=1e-5, abs=1e-9)

@@ -4,7 +4,9 @@ A checkpoint is a directory holding ``model.safetensors``, or shards listed by
 ``model.safetensors.index.json``, or a single ``.safetensors`` file. Headers are
 checked when the checkpoint is opened (sizes, offsets, dtypes), so a damaged
 file is reported by name before any conversion starts; tensor data is read
-only when asked for, one tensor at a time, through the ``safetensors`` package.
+only when asked for, one tensor at a time, as a read-only memory map of the
+file: nothing is copied, and the pages of a tensor leave the process's memory
+when its array is dropped.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
-from safetensors import safe_open
 
 from lowbit.dtypes import BFLOAT16
 
@@ -26,11 +28,17 @@ SINGLE_FILE = "model.safetensors"
 
 # safetensors dtype codes lowbit reads as weights.
 FLOAT_DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": BFLOAT16}
-# Bytes per element of every dtype the format defines (for header checks).
-DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-    "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+# The NumPy dtype of every safetensors dtype code.
+NUMPY_DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": BFLOAT16, "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U64": np.dtype(np.uint64),
+    "U32": np.dtype(np.uint32), "U16": np.dtype(np.uint16), "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
 }  # fmt: skip
+# Bytes per element of every dtype the format defines (for header checks).
+DTYPE_BYTES = {code: dt.itemsize for code, dt in NUMPY_DTYPES.items()}
 # A header larger than this is not a model's: refuse before reading it.
 MAX_HEADER_BYTES = 100 << 20
 
@@ -45,6 +53,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str  # safetensors code: F32, F16, BF16, ...
     file: Path
+    offset: int = 0  # byte offset of the tensor's data in the file
 
     @property
     def nbytes(self) -> int:
@@ -79,11 +88,13 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        tensors[name] = _check_entry(path, name, entry, data_size)
+        tensors[name] = _check_entry(path, name, entry, data_size, 8 + header_len)
     return tensors
 
 
-def _check_entry(path: Path, name: str, entry: object, data_size: int) -> TensorInfo:
+def _check_entry(
+    path: Path, name: str, entry: object, data_size: int, data_start: int
+) -> TensorInfo:
     where = f"{path}: tensor {name!r}"
     if not isinstance(entry, dict):
         raise CheckpointError(f"{where}: header entry is not an object")
@@ -105,7 +116,7 @@ def _check_entry(path: Path, name: str, entry: object, data_size: int) -> Tensor
             f"{where}: data ends at byte {end} but the file holds {data_size} bytes of data "
             "(truncated?)"
         )
-    info = TensorInfo(name, tuple(shape), dtype, path)
+    info = TensorInfo(name, tuple(shape), dtype, path, data_start + begin)
     if end - begin != info.nbytes:
         raise CheckpointError(
             f"{where}: {end - begin} bytes stored for shape {tuple(shape)} {dtype} "
@@ -177,11 +188,19 @@ class Checkpoint:
     def get(self, name: str) -> np.ndarray:
         """One tensor as a NumPy array (float32, float16 or bfloat16 for weights)."""
         info = self.info(name)
+        dtype = NUMPY_DTYPES[info.dtype]
+        if info.nbytes == 0:
+            return np.empty(info.shape, dtype)
+        # The header was checked against the file's size when the checkpoint
+        # was opened; a file that shrinks afterwards is refused here rather
+        # than faulting on pages that no longer exist.
         try:
-            with safe_open(info.file, framework="np") as f:
-                return f.get_tensor(name)
-        except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"{info.file}: tensor {name!r}: {e}") from None
+            if info.file.stat().st_size < info.offset + info.nbytes:
+                raise CheckpointError(f"{info.file}: truncated since it was opened")
+            mapped = np.memmap(info.file, dtype, mode="r", offset=info.offset, shape=info.shape)
+        except OSError as e:
+            raise CheckpointError(f"{info.file}: tensor {name!r}: {e.strerror or e}") from None
+        return np.asarray(mapped)  # a plain ndarray view: the map lives as long as it does
 
     def get_float(self, name: str) -> np.ndarray:
         """A weight tensor; a dtype that is not F32, F16 or BF16 is an error naming it."""

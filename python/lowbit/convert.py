@@ -14,7 +14,9 @@ import json
 import math
 import shutil
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,7 @@ from lowbit import __version__
 from lowbit.checkpoint import Checkpoint, CheckpointError
 from lowbit.dtypes import FLOAT_SCHEME_DTYPES, cast
 from lowbit.manifest import FORMAT_VERSION, MANIFEST_FILE, PACKING, describe_model, validate
-from lowbit.metrics import weight_error
-from lowbit.quantize import quantize
+from lowbit.quantize import QuantizedTensor, quantize
 from lowbit.recipes import Recipe, TensorPlan
 from lowbit.safetensors_writer import StreamingWriter, TensorSpec
 from lowbit.schemes import get_scheme
@@ -103,10 +104,12 @@ def _shards(plans: list[TensorPlan], max_bytes: int) -> list[list[TensorPlan]]:
     return shards
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, stop: threading.Event | None = None) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
+            if stop is not None and stop.is_set():
+                return ""
             h.update(chunk)
     return h.hexdigest()
 
@@ -114,24 +117,21 @@ def _sha256(path: Path) -> str:
 def _encode(plan: TensorPlan, x: np.ndarray) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Quantize one weight: its stored arrays and its manifest entry (without ``stored``)."""
     s = get_scheme(plan.choice.scheme)
-    flat = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+    flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x)
     if s.is_float:
         values = cast(x, FLOAT_SCHEME_DTYPES[s.name], plan.name)
         arrays = [values]
-        x_hat = cast(values, np.float32, plan.name).reshape(flat.shape)
-        bpw = 8.0 * values.dtype.itemsize
+        qt = QuantizedTensor(s.name, flat.shape, values.reshape(flat.shape))
     else:
         qt = quantize(
-            np.ascontiguousarray(flat),
+            flat,
             s.name,
             group_size=plan.choice.group_size,
             method=plan.choice.method,
             name=plan.name,
         )
         arrays = [a for a in (qt.codes, qt.scales, qt.zeros) if a is not None]
-        x_hat = qt.dequantize()
-        bpw = qt.bits_per_weight
-    err = weight_error(cast(flat, np.float32, plan.name), x_hat) if flat.size else None
+    err = qt.relative_error(flat, plan.name) if flat.size else 0.0
     entry = {
         "name": plan.name,
         "shape": list(plan.shape),
@@ -141,11 +141,77 @@ def _encode(plan: TensorPlan, x: np.ndarray) -> tuple[list[np.ndarray], dict[str
         "bits": s.bits,
         "group_size": plan.choice.group_size,
         "method": plan.choice.method,
-        "bits_per_weight": bpw,
-        "rel_error": 0.0 if err is None else err.rel_error,
+        "bits_per_weight": qt.bits_per_weight,
+        "rel_error": err,
         "fallback": plan.fallback,
     }
     return arrays, entry
+
+
+def _write_weights(
+    ck: Checkpoint,
+    plans: list[TensorPlan],
+    partial: Path,
+    max_shard_bytes: int,
+    progress: bool | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Quantize and write every tensor into ``partial``: (manifest weights, files)."""
+    shards = _shards(plans, max_shard_bytes)
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=len(plans), unit="tensor", disable=not show, desc="convert")
+    weights, files, weight_map = [], [], {}
+    for fname, shard in zip(names, shards, strict=True):
+        specs = [s for p in shard for s in _stored_specs(p)]
+        with StreamingWriter(partial / fname, specs, {"format": "lowbit"}) as w:
+            for p in shard:
+                x = ck.get_float(p.name) if len(p.shape) >= 2 else ck.get(p.name)
+                arrays, entry = _encode(p, x)
+                stored = _stored_specs(p)
+                for spec, arr in zip(stored, arrays, strict=True):
+                    w.write(spec.name, arr.reshape(spec.shape))
+                    weight_map[spec.name] = fname
+                keys = ("values",) if len(stored) == 1 else ("values", "scales", "zeros")
+                entry["stored"] = {
+                    "file": fname,
+                    **{k: s.name for k, s in zip(keys, stored, strict=False)},
+                }
+                weights.append(entry)
+                bar.update()
+        files.append({"name": fname, "size": w.size, "sha256": w.sha256})
+    bar.close()
+    if len(shards) > 1:
+        index = partial / "model.safetensors.index.json"
+        index.write_text(json.dumps({"metadata": {"format": "lowbit"}, "weight_map": weight_map}))
+    return weights, files
+
+
+class _BackgroundHashes:
+    """SHA-256 of files computed on a thread while the conversion runs.
+
+    hashlib releases the GIL, so hashing a source as large as the model costs
+    a core rather than wall time. Leaving the block early stops the hashing.
+    """
+
+    def __init__(self, files: list[Path]) -> None:
+        self._files = files
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._futures = [self._pool.submit(_sha256, f, self._stop) for f in files]
+
+    def result(self) -> list[str]:
+        return [f.result() for f in self._futures]
+
+    def __enter__(self) -> _BackgroundHashes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._pool.shutdown(cancel_futures=True)
 
 
 def _prepare_out(out: Path, force: bool) -> Path:
@@ -207,43 +273,16 @@ def convert(
             print(f"lowbit convert: {p.name}: {p.fallback}", file=sys.stderr)
 
     partial = _prepare_out(out, force)
-    shards = _shards(plans, max_shard_bytes)
-    names = (
-        ["model.safetensors"]
-        if len(shards) == 1
-        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    )
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=len(plans), unit="tensor", disable=not show, desc="convert")
-    weights, files, weight_map = [], [], {}
-    for fname, shard in zip(names, shards, strict=True):
-        specs = [s for p in shard for s in _stored_specs(p)]
-        with StreamingWriter(partial / fname, specs, {"format": "lowbit"}) as w:
-            for p in shard:
-                x = ck.get_float(p.name) if len(p.shape) >= 2 else ck.get(p.name)
-                arrays, entry = _encode(p, x)
-                stored = _stored_specs(p)
-                for spec, arr in zip(stored, arrays, strict=True):
-                    w.write(spec.name, arr.reshape(spec.shape))
-                    weight_map[spec.name] = fname
-                keys = ("values",) if len(stored) == 1 else ("values", "scales", "zeros")
-                entry["stored"] = {
-                    "file": fname,
-                    **{k: s.name for k, s in zip(keys, stored, strict=False)},
-                }
-                weights.append(entry)
-                bar.update()
-        files.append({"name": fname, "size": w.size, "sha256": w.sha256})
-    bar.close()
-    if len(shards) > 1:
-        index = partial / "model.safetensors.index.json"
-        index.write_text(json.dumps({"metadata": {"format": "lowbit"}, "weight_map": weight_map}))
-
+    # Hashing the source (as large as the model) overlaps the conversion:
+    # hashlib releases the GIL, so it costs a core, not wall time.
+    source_files = sorted({ck.info(n).file for n in ck.names()} | {config_path})
+    with _BackgroundHashes(source_files) as source_hashes:
+        weights, files = _write_weights(ck, plans, partial, max_shard_bytes, progress)
+        hashes = source_hashes.result()
     src_dir = src if src.is_dir() else src.parent
     for name in SIDE_FILES:
         if (src_dir / name).is_file():
             shutil.copy2(src_dir / name, partial / name)
-    source_files = sorted({ck.info(n).file for n in ck.names()} | {config_path})
     manifest = {
         "format_version": FORMAT_VERSION,
         "lowbit_version": __version__,
@@ -258,8 +297,8 @@ def convert(
             "repo_id": repo_id,
             "revision": revision,
             "files": [
-                {"name": f.name, "size": f.stat().st_size, "sha256": _sha256(f)}
-                for f in source_files
+                {"name": f.name, "size": f.stat().st_size, "sha256": h}
+                for f, h in zip(source_files, hashes, strict=True)
             ],
         },
     }

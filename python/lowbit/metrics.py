@@ -26,20 +26,32 @@ class WeightError:
         return asdict(self)
 
 
+# Elements compared per step: float64 copies of whole embedding matrices would
+# cost gigabytes; chunks of this size keep the extra memory near 50 MB.
+CHUNK = 1 << 21
+
+
 def weight_error(x: np.ndarray, x_hat: np.ndarray) -> WeightError:
-    """Compare two same-shaped arrays in float64."""
-    a = np.asarray(x, dtype=np.float64).ravel()
-    b = np.asarray(x_hat, dtype=np.float64).ravel()
-    if a.shape != b.shape:
+    """Compare two same-shaped arrays, accumulating in float64 chunk by chunk."""
+    a_all = np.asarray(x).reshape(-1)
+    b_all = np.asarray(x_hat).reshape(-1)
+    if np.shape(x) != np.shape(x_hat):
         raise ValueError(f"shapes differ: {np.shape(x)} vs {np.shape(x_hat)}")
-    diff = a - b
-    sig = float(a @ a)
-    noise = float(diff @ diff)
-    denom = float(np.sqrt(sig) * np.sqrt(float(b @ b)))
+    sig = noise = dot = b2 = max_abs = 0.0
+    for start in range(0, a_all.size, CHUNK):
+        a = a_all[start : start + CHUNK].astype(np.float64)
+        b = b_all[start : start + CHUNK].astype(np.float64)
+        diff = a - b
+        sig += float(a @ a)
+        noise += float(diff @ diff)
+        dot += float(a @ b)
+        b2 += float(b @ b)
+        max_abs = max(max_abs, float(np.abs(diff).max()))
+    denom = float(np.sqrt(sig) * np.sqrt(b2))
     return WeightError(
         rel_error=float(np.sqrt(noise / sig)) if sig > 0 else float(noise > 0),
         snr_db=float(10.0 * np.log10(sig / noise)) if noise > 0 else float("inf"),
-        max_abs=float(np.abs(diff).max()) if diff.size else 0.0,
-        cosine=float(a @ b) / denom if denom > 0 else 1.0,
-        mse=noise / max(1, a.size),
+        max_abs=max_abs,
+        cosine=dot / denom if denom > 0 else 1.0,
+        mse=noise / max(1, a_all.size),
     )

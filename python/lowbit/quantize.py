@@ -18,6 +18,10 @@ _RULES = {
 }
 _METHODS = {"rtn": _core.Method.RTN, "mse": _core.Method.MSE, "hqq": _core.Method.HQQ}
 
+# Elements compared per step when measuring a float scheme's error: float64
+# copies of a whole embedding matrix would cost gigabytes.
+ERROR_CHUNK_ELEMENTS = 1 << 21
+
 # Sentinel: use the scheme's default group size (int4: 32, others: one group per row).
 DEFAULT = "default"
 
@@ -65,6 +69,50 @@ class QuantizedTensor:
     def bits_per_weight(self) -> float:
         """Stored bits per weight, scales and zero points included."""
         return 8.0 * self.nbytes / (self.shape[0] * self.shape[1])
+
+    def rows(self, start: int, stop: int) -> QuantizedTensor:
+        """Rows ``start:stop`` as a QuantizedTensor sharing this one's memory."""
+        n = len(range(*slice(start, stop).indices(self.shape[0])))
+        return QuantizedTensor(
+            self.scheme,
+            (n, self.shape[1]),
+            self.codes[start:stop],
+            None if self.scales is None else self.scales[start:stop],
+            None if self.zeros is None else self.zeros[start:stop],
+            self.group_size,
+            self.method,
+        )
+
+    def relative_error(self, x: np.ndarray, name: str = "tensor") -> float:
+        """‖x - x̂‖ / ‖x‖ against the source matrix ``x``, without materialising x̂.
+
+        Integer schemes measure it in the C++ core (each row decoded into a
+        row buffer, sums in float64); float schemes a block of rows at a time.
+        """
+        x = _check_input(x, name)
+        if x.shape != self.shape:
+            raise ValueError(f"{name}: shape {x.shape} differs from the quantized {self.shape}")
+        s = get_scheme(self.scheme)
+        if s.is_float:
+            sig = noise = 0.0
+            step = max(1, ERROR_CHUNK_ELEMENTS // x.shape[1])
+            for r in range(0, x.shape[0], step):
+                ref = cast(x[r : r + step], np.float32, name).astype(np.float64)
+                diff = ref - self.rows(r, r + step).dequantize()
+                sig += float(np.einsum("ij,ij->", ref, ref))
+                noise += float(np.einsum("ij,ij->", diff, diff))
+        else:
+            signal, noises = _core.reconstruction_error(
+                raw_view(x),
+                core_dtype(x.dtype, name),
+                self.codes,
+                self.scales,
+                self.zeros,
+                core_params(s, self.group_size, self.method),
+                name,
+            )
+            sig, noise = float(signal.sum()), float(noises.sum())
+        return float(np.sqrt(noise / sig)) if sig > 0 else float(noise > 0)
 
     def dequantize(self, out: np.ndarray | None = None) -> np.ndarray:
         """The reconstructed weights as float32, same shape as the input.

@@ -186,6 +186,47 @@ py::array_t<float> Dequantize(const py::array& codes, const py::array& scales,
   return out;
 }
 
+// (signal, noise) per row: sum x^2 and sum (x - x^)^2, as float64 arrays.
+py::tuple ReconstructionErrorPy(const py::array& x, DType dtype,
+                                const py::array& codes, const py::array& scales,
+                                const std::optional<py::array>& zeros,
+                                const QuantParams& p, const std::string& name) {
+  CheckMatrix(x, name, ItemSize(dtype));
+  const size_t rows = x.shape(0);
+  const size_t cols = x.shape(1);
+  CheckParams(p, cols, name);
+  CheckMatrix(codes, name + " codes", 1);
+  const size_t param_size = p.f16_params ? 2 : 4;
+  CheckMatrix(scales, name + " scales", param_size);
+  const size_t groups = GroupsPerRow(cols, p.group_size);
+  if (static_cast<size_t>(codes.shape(0)) != rows ||
+      static_cast<size_t>(codes.shape(1)) != RowBytes(cols, p.bits) ||
+      static_cast<size_t>(scales.shape(0)) != rows ||
+      static_cast<size_t>(scales.shape(1)) != groups) {
+    throw py::value_error(name + ": codes or scales do not match the matrix");
+  }
+  if (p.asymmetric()) {
+    if (!zeros) throw py::value_error(name + ": zero points are missing");
+    CheckMatrix(*zeros, name + " zero points", param_size);
+    if (static_cast<size_t>(zeros->shape(0)) != rows ||
+        static_cast<size_t>(zeros->shape(1)) != groups) {
+      throw py::value_error(name + ": zero points do not match the matrix");
+    }
+  }
+  py::array_t<double> signal(rows), noise(rows);
+  {
+    const void* xs = x.data();
+    const uint8_t* c = static_cast<const uint8_t*>(codes.data());
+    const void* s = scales.data();
+    const void* z = p.asymmetric() ? zeros->data() : nullptr;
+    double* sg = signal.mutable_data();
+    double* ns = noise.mutable_data();
+    py::gil_scoped_release release;
+    ReconstructionError(xs, dtype, c, s, z, rows, cols, p, sg, ns);
+  }
+  return py::make_tuple(signal, noise);
+}
+
 py::array Cast(const py::array& x, DType in_type, DType out_type,
                const std::string& name) {
   if (!(x.flags() & py::array::c_style)) {
@@ -258,6 +299,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("dequantize", &Dequantize, "codes"_a, "scales"_a, "zeros"_a, "rows"_a,
         "cols"_a, "params"_a, "name"_a, "out"_a = py::none(),
         "Reconstruct float32 weights (into `out` when given).");
+  m.def("reconstruction_error", &ReconstructionErrorPy, "x"_a, "dtype"_a,
+        "codes"_a, "scales"_a, "zeros"_a, "params"_a, "name"_a,
+        "Per-row sum x^2 and sum (x - x^)^2, without materialising x^.");
   m.def("cast", &Cast, "x"_a, "in_type"_a, "out_type"_a, "name"_a,
         "Convert between float32, float16 and bfloat16 (bits as uint16).");
 

@@ -707,6 +707,52 @@ void DequantizeRowsT(const uint8_t* HWY_RESTRICT codes,
   if (stream) hwy::FlushStream();
 }
 
+// Squared norm of each row of x and of its reconstruction error, without
+// materialising the reconstruction: each row is decoded into a row buffer and
+// compared at once. Sums per row are float32 vectors reduced into double.
+template <int kBits, bool kAsym, typename T>
+void ErrorRowsT(const T* HWY_RESTRICT x, const uint8_t* HWY_RESTRICT codes,
+                const void* HWY_RESTRICT scales, const void* HWY_RESTRICT zeros,
+                size_t r0, size_t r1, size_t cols, const QuantParams& p,
+                double* HWY_RESTRICT signal, double* HWY_RESTRICT noise) {
+  const size_t g = p.group_size == 0 ? cols : p.group_size;
+  const size_t groups = cols / g;
+  const size_t row_bytes = RowBytes(cols, kBits);
+  const std::vector<uint32_t> seg_group = SegmentGroups(cols, g, kBits);
+  std::vector<float> scale(groups), zero(groups);
+  if (!kAsym) zero.assign(groups, static_cast<float>(p.code_offset));
+  std::vector<float> row_hat(cols);
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  for (size_t r = r0; r < r1; ++r) {
+    ReadParams(p, scales, r * groups, groups, scale.data());
+    if (kAsym) ReadParams(p, zeros, r * groups, groups, zero.data());
+    DecodeRow<kBits, kAsym, false>(codes + r * row_bytes, cols,
+                                   seg_group.data(), scale.data(), zero.data(),
+                                   row_hat.data());
+    const T* row = x + r * cols;
+    auto vs = hn::Zero(d);
+    auto vn = hn::Zero(d);
+    size_t i = 0;
+    for (; i + N <= cols; i += N) {
+      const auto v = LoadF32(d, row + i);
+      const auto diff = hn::Sub(v, hn::LoadU(d, row_hat.data() + i));
+      vs = hn::MulAdd(v, v, vs);
+      vn = hn::MulAdd(diff, diff, vn);
+    }
+    double sig = hn::GetLane(hn::SumOfLanes(d, vs));
+    double err = hn::GetLane(hn::SumOfLanes(d, vn));
+    for (; i < cols; ++i) {
+      const double v = ToF32(row[i]);
+      const double diff = v - row_hat[i];
+      sig += v * v;
+      err += diff * diff;
+    }
+    signal[r] = sig;
+    noise[r] = err;
+  }
+}
+
 // The (bits, asymmetric) pairs of the schemes, as template arguments.
 template <int kBitsArg, bool kAsymArg>
 struct Layout {
@@ -759,6 +805,30 @@ void DequantizeRows(const uint8_t* codes, const void* scales,
     constexpr int kBits = decltype(layout)::kBits;
     constexpr bool kAsym = decltype(layout)::kAsym;
     DequantizeRowsT<kBits, kAsym>(codes, scales, zeros, r0, r1, cols, p, out);
+  });
+}
+
+void ErrorRows(const void* x, DType dtype, const uint8_t* codes,
+               const void* scales, const void* zeros, size_t r0, size_t r1,
+               size_t cols, const QuantParams& p, double* signal,
+               double* noise) {
+  VisitLayout(p, [&](auto layout) {
+    constexpr int kBits = decltype(layout)::kBits;
+    constexpr bool kAsym = decltype(layout)::kAsym;
+    switch (dtype) {
+      case DType::kF32:
+        return ErrorRowsT<kBits, kAsym>(static_cast<const float*>(x), codes,
+                                        scales, zeros, r0, r1, cols, p, signal,
+                                        noise);
+      case DType::kF16:
+        return ErrorRowsT<kBits, kAsym>(
+            static_cast<const hwy::float16_t*>(x), codes, scales, zeros, r0,
+            r1, cols, p, signal, noise);
+      case DType::kBF16:
+        return ErrorRowsT<kBits, kAsym>(
+            static_cast<const hwy::bfloat16_t*>(x), codes, scales, zeros, r0,
+            r1, cols, p, signal, noise);
+    }
   });
 }
 

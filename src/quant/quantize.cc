@@ -18,6 +18,7 @@ HWY_EXPORT(QuantizeRows);
 HWY_EXPORT(DequantizeRows);
 HWY_EXPORT(CastRange);
 HWY_EXPORT(KernelTarget);
+HWY_EXPORT(ErrorRows);
 
 namespace {
 
@@ -52,6 +53,17 @@ void DequantizeMatrix(const uint8_t* codes, const void* scales,
       rows, RowGrain(cols), [&](size_t begin, size_t end) {
         HWY_DYNAMIC_DISPATCH(DequantizeRows)(codes, scales, zeros, begin, end,
                                              cols, params, out);
+      });
+}
+
+void ReconstructionError(const void* x, DType dtype, const uint8_t* codes,
+                         const void* scales, const void* zeros, size_t rows,
+                         size_t cols, const QuantParams& p, double* signal,
+                         double* noise) {
+  ThreadPool::Global().ParallelFor(
+      rows, RowGrain(cols), [&](size_t begin, size_t end) {
+        HWY_DYNAMIC_DISPATCH(ErrorRows)(x, dtype, codes, scales, zeros, begin,
+                                        end, cols, p, signal, noise);
       });
 }
 

@@ -27,6 +27,13 @@ void DequantizeMatrix(const uint8_t* codes, const void* scales,
                       const void* zeros, size_t rows, size_t cols,
                       const QuantParams& p, float* out);
 
+// Per row r of x: signal[r] = sum x^2 and noise[r] = sum (x - x^)^2, where
+// x^ is the reconstruction from codes/scales/zeros (laid out as above).
+void ReconstructionError(const void* x, DType dtype, const uint8_t* codes,
+                         const void* scales, const void* zeros, size_t rows,
+                         size_t cols, const QuantParams& p, double* signal,
+                         double* noise);
+
 // Converts n elements between float32, float16 and bfloat16, rounding to
 // nearest even. Reports NaN/Inf inputs and values that overflow the output.
 void CastArray(const void* in, DType in_type, size_t n, void* out,
