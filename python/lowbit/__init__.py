@@ -1,10 +1,12 @@
 """lowbit: compact low-bit models from HuggingFace checkpoints, with proof that they still work."""
 
+__version__ = "0.1.0"  # before the imports below: convert records it
+
 from lowbit import _core
+from lowbit.convert import convert
+from lowbit.hub import download
 from lowbit.quantize import QuantizedTensor, quantize
 from lowbit.schemes import schemes
-
-__version__ = "0.1.0"
 
 
 def set_num_threads(n: int) -> None:
@@ -20,6 +22,8 @@ def num_threads() -> int:
 __all__ = [
     "QuantizedTensor",
     "__version__",
+    "convert",
+    "download",
     "num_threads",
     "quantize",
     "schemes",

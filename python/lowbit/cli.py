@@ -68,6 +68,31 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_download(args: argparse.Namespace) -> int:
+    from lowbit.hub import DownloadError, download
+
+    try:
+        result = download(
+            args.repo_id,
+            revision=args.revision,
+            include=args.include,
+            exclude=args.exclude,
+            local_dir=args.local_dir,
+            cache_dir=args.cache_dir,
+            offline=args.offline,
+            progress=not (args.quiet or args.json),
+        )
+    except DownloadError as e:
+        print(f"lowbit download: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT if e.bad_input else EXIT_CHECK_FAILED
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    elif not args.quiet:
+        # The path alone on stdout, as `hf download` prints it, for scripts.
+        print(result.path)
+    return EXIT_OK
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from lowbit.inspect_model import format_report, inspect_model
     from lowbit.manifest import ManifestError
@@ -125,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="q4", choices=list(PRESETS))
     _add_output_flags(p)
     commands["demo"] = _cmd_demo
+
+    p = sub.add_parser("download", help="download a model repository from the HuggingFace Hub")
+    p.add_argument("repo_id", help="e.g. Qwen/Qwen2.5-0.5B-Instruct")
+    p.add_argument("--revision", help="branch, tag or commit (default: main)")
+    p.add_argument(
+        "--include", action="append", metavar="GLOB", help="only files matching GLOB (repeatable)"
+    )
+    p.add_argument(
+        "--exclude", action="append", metavar="GLOB", help="skip files matching GLOB (repeatable)"
+    )
+    p.add_argument("--local-dir", type=Path, help="write plain files here, not into the cache")
+    p.add_argument("--cache-dir", type=Path, help="the HuggingFace cache to use")
+    p.add_argument(
+        "--offline", action="store_true", help="use only files already downloaded (no network)"
+    )
+    _add_output_flags(p)
+    commands["download"] = _cmd_download
 
     p = sub.add_parser("convert", help="convert a HuggingFace checkpoint into a model directory")
     p.add_argument("src", help="checkpoint directory (config.json + safetensors)")

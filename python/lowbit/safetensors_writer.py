@@ -5,6 +5,10 @@ at once; conversion must keep only one tensor in memory (peak memory about the
 largest tensor, not the model). Every output tensor's dtype and shape are known
 before any is computed, so the header is written first and the data streamed
 after it, in header order. The SHA-256 of the file is computed while writing.
+
+Writing and hashing run on a thread of their own (both release the GIL), so
+the disk works on one tensor while the kernels quantize the next: at most
+``QUEUE_DEPTH`` tensors wait, which bounds the memory this adds.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import hashlib
 import json
 import math
 import os
+import queue
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +39,10 @@ ST_DTYPES = {
     np.dtype(np.int32): "I32",
     np.dtype(np.int64): "I64",
 }
+
+
+# Tensors waiting for the writer thread at most.
+QUEUE_DEPTH = 2
 
 
 @dataclass(frozen=True)
@@ -79,16 +89,35 @@ class StreamingWriter:
         raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
         self._header = struct.pack("<Q", len(raw)) + raw
         self._file: BinaryIO | None = None
+        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(QUEUE_DEPTH)
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._error: BaseException | None = None
 
     def __enter__(self) -> StreamingWriter:
         self._file = self.path.open("wb")
+        self._thread.start()
         self._emit(self._header)
         return self
 
-    def _emit(self, data: bytes | memoryview) -> None:
+    def _drain(self) -> None:
+        """The writer thread: writes and hashes queued buffers until None."""
         assert self._file is not None
-        self._file.write(data)
-        self._hash.update(data)
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining so that the producer never blocks
+            try:
+                self._file.write(data)
+                self._hash.update(data)
+            except BaseException as e:  # reported to the caller by _check
+                self._error = e
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise OSError(f"{self.path}: write failed: {self._error}") from self._error
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        self._check()
+        self._queue.put(data)
         self.size += len(data)
 
     def write(self, name: str, array: np.ndarray) -> None:
@@ -115,6 +144,10 @@ class StreamingWriter:
     ) -> None:
         assert self._file is not None
         try:
+            self._queue.put(None)
+            self._thread.join()
+            if exc_type is None:
+                self._check()
             if exc_type is None and self._next != len(self.specs):
                 missing = self.specs[self._next].name
                 raise ValueError(f"{self.path}: closed before tensor {missing!r} was written")
