@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands["download"] = _cmd_download
 
     p = sub.add_parser("convert", help="convert a HuggingFace checkpoint into a model directory")
-    p.add_argument("src", help="checkpoint directory (config.json + safetensors)")
+    p.add_argument("src", help="checkpoint directory (config.json + safetensors), or a GGUF file")
     p.add_argument("out", help="output model directory")
     p.add_argument("--preset", default="q4", choices=list(PRESETS), help="default: q4")
     p.add_argument(

@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from lowbit import __version__
 from lowbit.checkpoint import Checkpoint, CheckpointError
 from lowbit.dtypes import FLOAT_SCHEME_DTYPES, cast
+from lowbit.gguf_input import IMPORT_RECORD, import_gguf, is_gguf
 from lowbit.manifest import FORMAT_VERSION, MANIFEST_FILE, PACKING, describe_model, validate
 from lowbit.quantize import QuantizedTensor, quantize
 from lowbit.recipes import Recipe, TensorPlan
@@ -42,6 +44,7 @@ SIDE_FILES = (
     "special_tokens_map.json",
     "tokenizer.model",
     "chat_template.jinja",
+    IMPORT_RECORD,
 )
 DEFAULT_SHARD_BYTES = 4 << 30
 
@@ -250,12 +253,40 @@ def convert(
 ) -> ConvertSummary:
     """Convert the checkpoint at ``src`` into the model directory ``out``.
 
+    ``src``: a HuggingFace checkpoint directory (config.json + safetensors), one
+    safetensors file, or a GGUF file (imported first through transformers).
     ``preset`` and ``rules`` (``REGEX=SCHEME[:GROUP][:METHOD]``) choose each
     tensor's scheme. Returns a summary; bad input raises ConvertError,
     CheckpointError or ValueError naming the file or tensor.
     """
-    t0 = time.perf_counter()
     src, out = Path(src), Path(out)
+    args = (preset, rules, force, progress, repo_id, revision, max_shard_bytes)
+    if src.is_file() and is_gguf(src):
+        Recipe.from_args(preset, list(rules))  # bad rules: say so before the long import
+        if out.exists() and not force:
+            raise ConvertError(f"{out} already exists; pass --force to replace it")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".lowbit-gguf-", dir=out.parent) as tmp:
+            checkpoint = Path(tmp) / "checkpoint"
+            import_gguf(src, checkpoint)
+            return _convert(checkpoint, out, *args, source=src)
+    return _convert(src, out, *args, source=None)
+
+
+def _convert(
+    src: Path,
+    out: Path,
+    preset: str,
+    rules: list[str] | tuple[str, ...],
+    force: bool,
+    progress: bool | None,
+    repo_id: str | None,
+    revision: str | None,
+    max_shard_bytes: int,
+    source: Path | None,
+) -> ConvertSummary:
+    """``convert`` of a safetensors checkpoint; ``source``: the GGUF file it came from."""
+    t0 = time.perf_counter()
     recipe = Recipe.from_args(preset, list(rules))
     config_path = src / "config.json" if src.is_dir() else src.parent / "config.json"
     try:
@@ -275,7 +306,9 @@ def convert(
     partial = _prepare_out(out, force)
     # Hashing the source (as large as the model) overlaps the conversion:
     # hashlib releases the GIL, so it costs a core, not wall time.
-    source_files = sorted({ck.info(n).file for n in ck.names()} | {config_path})
+    source_files = (
+        [source] if source else sorted({ck.info(n).file for n in ck.names()} | {config_path})
+    )
     with _BackgroundHashes(source_files) as source_hashes:
         weights, files = _write_weights(ck, plans, partial, max_shard_bytes, progress)
         hashes = source_hashes.result()
@@ -293,7 +326,7 @@ def convert(
         "weights": weights,
         "files": files,
         "source": {
-            "path": str(src.resolve()),
+            "path": str((source or src).resolve()),
             "repo_id": repo_id,
             "revision": revision,
             "files": [
