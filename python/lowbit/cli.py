@@ -53,6 +53,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         rules=args.scheme,
         force=args.force,
         progress=False if (args.quiet or args.json) else None,
+        fmt=args.format,
     )
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
@@ -178,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="REGEX=SCHEME[:GROUP][:METHOD]",
         help="scheme for tensors whose name matches REGEX, before the preset (repeatable)",
+    )
+    p.add_argument(
+        "--format",
+        default="lowbit",
+        choices=["lowbit", "npz"],
+        help="lowbit: safetensors + manifest (default); npz: the reference documents' NPZ layout",
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     _add_output_flags(p)

@@ -9,7 +9,6 @@ interrupted run never leaves a directory that looks complete.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import math
 import shutil
@@ -29,13 +28,27 @@ from lowbit import __version__
 from lowbit.checkpoint import Checkpoint, CheckpointError
 from lowbit.dtypes import FLOAT_SCHEME_DTYPES, cast
 from lowbit.gguf_input import IMPORT_RECORD, import_gguf, is_gguf
+from lowbit.hashing import file_digest
 from lowbit.manifest import FORMAT_VERSION, MANIFEST_FILE, PACKING, describe_model, validate
+from lowbit.npz_format import (
+    NPZ_FILE,
+    NPZ_FORMAT_VERSION,
+    RECONSTRUCTION,
+    NpzWriter,
+    member_key,
+    reference_model,
+    unpacked_arrays,
+)
+from lowbit.npz_format import weight_entry as npz_weight_entry
 from lowbit.quantize import QuantizedTensor, quantize
 from lowbit.recipes import Recipe, TensorPlan
 from lowbit.safetensors_writer import StreamingWriter, TensorSpec
 from lowbit.schemes import get_scheme
 
 # Copied beside the weights when the source has them.
+# Output formats: lowbit's safetensors directory, or the reference documents' NPZ.
+FORMATS = ("lowbit", "npz")
+
 SIDE_FILES = (
     "config.json",
     "generation_config.json",
@@ -105,16 +118,6 @@ def _shards(plans: list[TensorPlan], max_bytes: int) -> list[list[TensorPlan]]:
         shards[-1].append(p)
         size += n
     return shards
-
-
-def _sha256(path: Path, stop: threading.Event | None = None) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            if stop is not None and stop.is_set():
-                return ""
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _encode(plan: TensorPlan, x: np.ndarray) -> tuple[list[np.ndarray], dict[str, Any]]:
@@ -204,7 +207,9 @@ class _BackgroundHashes:
         self._files = files
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=1)
-        self._futures = [self._pool.submit(_sha256, f, self._stop) for f in files]
+        self._futures = [
+            self._pool.submit(file_digest, f, "sha256", b"", self._stop) for f in files
+        ]
 
     def result(self) -> list[str]:
         return [f.result() for f in self._futures]
@@ -250,17 +255,22 @@ def convert(
     repo_id: str | None = None,
     revision: str | None = None,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    fmt: str = "lowbit",
 ) -> ConvertSummary:
     """Convert the checkpoint at ``src`` into the model directory ``out``.
 
     ``src``: a HuggingFace checkpoint directory (config.json + safetensors), one
     safetensors file, or a GGUF file (imported first through transformers).
     ``preset`` and ``rules`` (``REGEX=SCHEME[:GROUP][:METHOD]``) choose each
-    tensor's scheme. Returns a summary; bad input raises ConvertError,
+    tensor's scheme. ``fmt``: ``lowbit`` (safetensors, the compact format) or
+    ``npz`` (the reference documents' NPZ layout, format_version "2").
+    Returns a summary; bad input raises ConvertError,
     CheckpointError or ValueError naming the file or tensor.
     """
     src, out = Path(src), Path(out)
-    args = (preset, rules, force, progress, repo_id, revision, max_shard_bytes)
+    if fmt not in FORMATS:
+        raise ConvertError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    args = (preset, rules, force, progress, repo_id, revision, max_shard_bytes, fmt)
     if src.is_file() and is_gguf(src):
         Recipe.from_args(preset, list(rules))  # bad rules: say so before the long import
         if out.exists() and not force:
@@ -283,6 +293,7 @@ def _convert(
     repo_id: str | None,
     revision: str | None,
     max_shard_bytes: int,
+    fmt: str,
     source: Path | None,
 ) -> ConvertSummary:
     """``convert`` of a safetensors checkpoint; ``source``: the GGUF file it came from."""
@@ -310,7 +321,10 @@ def _convert(
         [source] if source else sorted({ck.info(n).file for n in ck.names()} | {config_path})
     )
     with _BackgroundHashes(source_files) as source_hashes:
-        weights, files = _write_weights(ck, plans, partial, max_shard_bytes, progress)
+        if fmt == "npz":
+            weights, files = _write_npz(ck, plans, partial, progress)
+        else:
+            weights, files = _write_weights(ck, plans, partial, max_shard_bytes, progress)
         hashes = source_hashes.result()
     src_dir = src if src.is_dir() else src.parent
     for name in SIDE_FILES:
@@ -335,10 +349,60 @@ def _convert(
             ],
         },
     }
+    if fmt == "npz":
+        manifest = _npz_manifest(manifest, files[0])
     validate(manifest)
     (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     _commit(partial, out)
     return _summarize(out, preset, weights, files, source_files, time.perf_counter() - t0)
+
+
+def _write_npz(
+    ck: Checkpoint, plans: list[TensorPlan], partial: Path, progress: bool | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Quantize every tensor into ``partial/model.npz``: (weight entries, files).
+
+    The entries are lowbit's, each with ``npz_members`` (suffix -> member name)
+    from which ``_npz_manifest`` makes the reference format's.
+    """
+    show = sys.stderr.isatty() if progress is None else progress
+    weights = []
+    with (
+        NpzWriter(partial / NPZ_FILE) as w,
+        tqdm(total=len(plans), unit="tensor", disable=not show, desc="convert") as bar,
+    ):
+        for p in plans:
+            x = ck.get_float(p.name) if len(p.shape) >= 2 else ck.get(p.name)
+            arrays, entry = _encode(p, x)
+            key = member_key(p.name, entry["scheme"])
+            members = {
+                suffix: w.add(key + suffix, arr)
+                for suffix, arr in unpacked_arrays(entry["scheme"], p.shape, arrays).items()
+            }
+            entry["npz_members"] = members
+            weights.append(entry)
+            bar.update()
+    path = partial / NPZ_FILE
+    return weights, [{"name": NPZ_FILE, "size": path.stat().st_size, "sha256": file_digest(path)}]
+
+
+def _npz_manifest(manifest: dict[str, Any], npz: dict[str, Any]) -> dict[str, Any]:
+    """The reference documents' manifest, from the one lowbit writes for safetensors."""
+    return {
+        "format_version": NPZ_FORMAT_VERSION,
+        "model": reference_model(manifest["model"]),
+        "weights": [npz_weight_entry(w, w["npz_members"]) for w in manifest["weights"]],
+        "metadata": {
+            "lowbit_version": manifest["lowbit_version"],
+            "created": manifest["created"],
+            "file": npz["name"],
+            "size": npz["size"],
+            "sha256": npz["sha256"],
+            "reconstruction": RECONSTRUCTION,
+            "source": manifest["source"],
+            "recipe": manifest["recipe"],
+        },
+    }
 
 
 def _summarize(

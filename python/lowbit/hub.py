@@ -17,13 +17,14 @@ local directory (``snapshot_download``). Two things it does not do, lowbit adds:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lowbit.hashing import file_digest
 
 
 class DownloadError(RuntimeError):
@@ -51,20 +52,11 @@ class DownloadResult:
         return asdict(self)
 
 
-def _file_digest(path: Path, algorithm: str, prefix: bytes = b"") -> str:
-    h = hashlib.new(algorithm)
-    h.update(prefix)
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _content_id(path: Path, lfs: bool) -> str:
     """The id the Hub lists for a file: sha256 of an LFS file, else its git blob sha1."""
     if lfs:
-        return _file_digest(path, "sha256")
-    return _file_digest(path, "sha1", b"blob %d\0" % path.stat().st_size)
+        return file_digest(path, "sha256")
+    return file_digest(path, "sha1", b"blob %d\0" % path.stat().st_size)
 
 
 def _discard(local: Path, root: Path, filename: str) -> None:
@@ -220,7 +212,7 @@ def _fetch_weights(
             continue
         url = hf_hub_url(repo_id, entry.path, revision=commit)
         _fetch_resumable(url, partial, entry.lfs.size, entry.path, progress)
-        got = _file_digest(partial, "sha256")
+        got = file_digest(partial, "sha256")
         if got != sha:
             partial.unlink()
             bad.append(_mismatch(entry, got))

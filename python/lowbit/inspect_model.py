@@ -8,7 +8,6 @@ the model at a context length.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +15,9 @@ from typing import Any
 
 from lowbit.checkpoint import CheckpointError, read_header
 from lowbit.convert import stored_specs
+from lowbit.hashing import file_digest
 from lowbit.manifest import load
+from lowbit.npz_format import NPZ_FORMAT_VERSION, npz_member_shapes
 from lowbit.safetensors_writer import ST_DTYPES
 
 
@@ -37,14 +38,6 @@ class InspectReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def memory_estimate(model: dict[str, Any], weight_bytes: int, context: int) -> dict[str, int]:
@@ -83,6 +76,8 @@ def inspect_model(
     path = Path(path)
     report = InspectReport(str(path))
     manifest = load(path)  # ManifestError: not a model directory, or a broken manifest
+    if manifest["format_version"] == NPZ_FORMAT_VERSION:
+        return _inspect_npz(path, manifest, report, verify, context)
     report.model = manifest["model"]
     problems = report.problems
     headers: dict[str, dict] = {}
@@ -95,7 +90,7 @@ def inspect_model(
         if size != f["size"]:
             problems.append(f"{f['name']}: {size} bytes, manifest says {f['size']}")
             continue
-        if verify and _sha256(fp) != f["sha256"]:
+        if verify and file_digest(fp) != f["sha256"]:
             problems.append(f"{f['name']}: SHA-256 differs from the manifest's")
             continue
         try:
@@ -134,6 +129,68 @@ def inspect_model(
     report.bits_per_weight = total_bits / report.weights if report.weights else 0.0
     ctx = context or manifest["model"]["context_length"]
     report.memory = memory_estimate(manifest["model"], report.weight_bytes, ctx)
+    return report
+
+
+def _inspect_npz(
+    path: Path,
+    manifest: dict[str, Any],
+    report: InspectReport,
+    verify: bool,
+    context: int | None,
+) -> InspectReport:
+    """inspect of an NPZ directory (format_version "2"): file, members, shapes, sizes."""
+    meta = manifest["metadata"]
+    report.model = manifest["model"].get("lowbit", {})
+    npz = path / meta["file"]
+    problems = report.problems
+    if not npz.is_file():
+        problems.append(f"{meta['file']}: missing")
+        return report
+    if npz.stat().st_size != meta["size"]:
+        problems.append(f"{meta['file']}: {npz.stat().st_size} bytes, manifest says {meta['size']}")
+        return report
+    if verify and file_digest(npz) != meta["sha256"]:
+        problems.append(f"{meta['file']}: SHA-256 differs from the manifest's")
+        return report
+    try:
+        members = npz_member_shapes(npz)
+    except ValueError as e:
+        problems.append(str(e))
+        return report
+    total_bytes = 0
+    for w in manifest["weights"]:
+        shape = tuple(w["shape"])
+        rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
+        gs = w["quantization"].get("group_size")
+        groups = 1 if not gs else shape[-1] // gs
+        expect = {w["q"]: shape}
+        for key in ("q_scales", "q_zero_point"):
+            if key in w:
+                expect[w[key]] = (rows, groups)
+        nbytes = 0
+        for member, want in expect.items():
+            got = members.get(member)
+            if got is None:
+                problems.append(f"{w['name']}: {member} is not in {meta['file']}")
+            elif got[0] != want:
+                problems.append(f"{member}: shape {got[0]}, {w['name']} needs {want}")
+            else:
+                nbytes += got[1]
+        n = math.prod(shape)
+        agg = report.by_scheme.setdefault(
+            w["quantization"]["scheme"], {"tensors": 0, "weights": 0, "bytes": 0}
+        )
+        agg["tensors"] += 1
+        agg["weights"] += n
+        agg["bytes"] += nbytes
+        report.weights += n
+        total_bytes += nbytes
+    report.weight_bytes = total_bytes
+    report.bits_per_weight = 8 * total_bytes / report.weights if report.weights else 0.0
+    if report.model:
+        ctx = context or report.model["context_length"]
+        report.memory = memory_estimate(report.model, report.weight_bytes, ctx)
     return report
 
 

@@ -37,15 +37,24 @@ class ManifestError(ValueError):
     """A manifest that is missing, unreadable or does not match its schema."""
 
 
-def schema() -> dict[str, Any]:
-    text = resources.files("lowbit").joinpath("schemas/manifest.schema.json").read_text()
-    return json.loads(text)
+# Schema file per format_version: 1 is lowbit's safetensors directory, "2" the
+# reference documents' NPZ layout.
+SCHEMA_FILES = {1: "manifest.schema.json", "2": "manifest-npz.schema.json"}
+
+
+def schema(format_version: int | str = FORMAT_VERSION) -> dict[str, Any]:
+    name = SCHEMA_FILES[format_version]
+    return json.loads(resources.files("lowbit").joinpath(f"schemas/{name}").read_text())
 
 
 def validate(manifest: dict[str, Any], where: str = MANIFEST_FILE) -> None:
     """Raise ManifestError naming the first field that breaks the schema."""
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version not in SCHEMA_FILES:
+        known = ", ".join(repr(v) for v in SCHEMA_FILES)
+        raise ManifestError(f"{where}: format_version {version!r} is not one of {known}")
     try:
-        jsonschema.validate(manifest, schema())
+        jsonschema.validate(manifest, schema(version))
     except jsonschema.ValidationError as e:
         path = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise ManifestError(f"{where}: {path}: {e.message}") from None
