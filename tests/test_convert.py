@@ -71,6 +71,22 @@ def test_every_preset_matches_the_reference(family, dtype, tiny_checkpoint, tmp_
                 assert _sse(x2, got) == pytest.approx(_sse(x2, want), rel=1e-4, abs=1e-12)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3_moe"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_sharded_input_converts_like_a_single_file(family, dtype, tiny_checkpoint, tmp_path):
+    single = tiny_checkpoint(family, dtype)
+    sharded = tiny_checkpoint(family, dtype, shard_size="20KB")
+    assert len(list(sharded.glob("*.safetensors"))) > 1
+    for preset in PRESETS:
+        a, b = tmp_path / f"{preset}-1", tmp_path / f"{preset}-n"
+        convert(single, a, preset=preset, progress=False)
+        convert(sharded, b, preset=preset, progress=False)
+        ck_a, ck_b = Checkpoint(a), Checkpoint(b)
+        assert sorted(ck_a.names()) == sorted(ck_b.names())
+        for name in ck_a.names():
+            np.testing.assert_array_equal(ck_a.get(name), ck_b.get(name), err_msg=name)
+
+
 def test_sharded_output_and_side_files(tiny_checkpoint, tmp_path):
     src = tiny_checkpoint("llama", "float32")
     summary = convert(src, tmp_path / "out", preset="q8", progress=False, max_shard_bytes=20_000)
