@@ -114,6 +114,36 @@ class QuantizedTensor:
             sig, noise = float(signal.sum()), float(noises.sum())
         return float(np.sqrt(noise / sig)) if sig > 0 else float(noise > 0)
 
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        """``x @ W.T`` for float32 ``x`` ``[n, cols]`` (or ``[cols]``): a linear layer.
+
+        Integer schemes run in the C++ core: each row of W is decoded once into
+        a buffer and dotted with all n inputs, so W is never materialised.
+        """
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            raise TypeError(f"matmul input: expected float32, got {x.dtype}")
+        vector = x.ndim == 1
+        x2 = np.ascontiguousarray(x.reshape(1, -1) if vector else x)
+        if x2.ndim != 2 or x2.shape[1] != self.shape[1]:
+            raise ValueError(
+                f"matmul input: shape {x.shape} does not fit a weight of shape {self.shape}"
+            )
+        s = get_scheme(self.scheme)
+        if s.is_float:
+            y = x2 @ cast(self.codes, np.float32, self.scheme).T
+        else:
+            y = _core.matmul(
+                x2,
+                self.codes,
+                self.scales,
+                self.zeros,
+                self.shape[0],
+                core_params(s, self.group_size, self.method),
+                self.scheme,
+            )
+        return y[0] if vector else y
+
     def dequantize(self, out: np.ndarray | None = None) -> np.ndarray:
         """The reconstructed weights as float32, same shape as the input.
 

@@ -126,11 +126,12 @@ py::tuple Quantize(const py::array& x, DType dtype, const QuantParams& p,
   return py::make_tuple(codes, scales, z);
 }
 
-py::array_t<float> Dequantize(const py::array& codes, const py::array& scales,
-                              const std::optional<py::array>& zeros,
-                              size_t rows, size_t cols, const QuantParams& p,
-                              const std::string& name,
-                              std::optional<py::array_t<float>> out_arg) {
+// Checks that codes, scales and zero points describe a rows x cols matrix
+// quantized with p; a clear ValueError naming the tensor otherwise.
+void CheckQuantized(const py::array& codes, const py::array& scales,
+                    const std::optional<py::array>& zeros, size_t rows,
+                    size_t cols, const QuantParams& p,
+                    const std::string& name) {
   CheckMatrix(codes, name + " codes", 1);
   const size_t param_size = p.f16_params ? 2 : 4;
   CheckMatrix(scales, name + " scales", param_size);
@@ -161,6 +162,14 @@ py::array_t<float> Dequantize(const py::array& codes, const py::array& scales,
     CheckMatrix(*zeros, name + " zero points", param_size);
     check_params(*zeros, "zero points");
   }
+}
+
+py::array_t<float> Dequantize(const py::array& codes, const py::array& scales,
+                              const std::optional<py::array>& zeros,
+                              size_t rows, size_t cols, const QuantParams& p,
+                              const std::string& name,
+                              std::optional<py::array_t<float>> out_arg) {
+  CheckQuantized(codes, scales, zeros, rows, cols, p, name);
   py::array_t<float> out;
   if (out_arg) {
     CheckMatrix(*out_arg, name + " out", sizeof(float));
@@ -194,25 +203,7 @@ py::tuple ReconstructionErrorPy(const py::array& x, DType dtype,
   CheckMatrix(x, name, ItemSize(dtype));
   const size_t rows = x.shape(0);
   const size_t cols = x.shape(1);
-  CheckParams(p, cols, name);
-  CheckMatrix(codes, name + " codes", 1);
-  const size_t param_size = p.f16_params ? 2 : 4;
-  CheckMatrix(scales, name + " scales", param_size);
-  const size_t groups = GroupsPerRow(cols, p.group_size);
-  if (static_cast<size_t>(codes.shape(0)) != rows ||
-      static_cast<size_t>(codes.shape(1)) != RowBytes(cols, p.bits) ||
-      static_cast<size_t>(scales.shape(0)) != rows ||
-      static_cast<size_t>(scales.shape(1)) != groups) {
-    throw py::value_error(name + ": codes or scales do not match the matrix");
-  }
-  if (p.asymmetric()) {
-    if (!zeros) throw py::value_error(name + ": zero points are missing");
-    CheckMatrix(*zeros, name + " zero points", param_size);
-    if (static_cast<size_t>(zeros->shape(0)) != rows ||
-        static_cast<size_t>(zeros->shape(1)) != groups) {
-      throw py::value_error(name + ": zero points do not match the matrix");
-    }
-  }
+  CheckQuantized(codes, scales, zeros, rows, cols, p, name);
   py::array_t<double> signal(rows), noise(rows);
   {
     const void* xs = x.data();
@@ -225,6 +216,29 @@ py::tuple ReconstructionErrorPy(const py::array& x, DType dtype,
     ReconstructionError(xs, dtype, c, s, z, rows, cols, p, sg, ns);
   }
   return py::make_tuple(signal, noise);
+}
+
+// y = x W^T for a quantized W [rows, cols] and float32 x [n, cols]: each row
+// of W is decoded once and dotted with all n inputs, never materialised whole.
+py::array_t<float> MatmulPy(const py::array_t<float>& x, const py::array& codes,
+                            const py::array& scales,
+                            const std::optional<py::array>& zeros, size_t rows,
+                            const QuantParams& p, const std::string& name) {
+  CheckMatrix(x, name + " input", sizeof(float));
+  const size_t n = x.shape(0);
+  const size_t cols = x.shape(1);
+  CheckQuantized(codes, scales, zeros, rows, cols, p, name);
+  py::array_t<float> y = AlignedFloatMatrix(n, rows);
+  {
+    const float* xs = x.data();
+    const uint8_t* c = static_cast<const uint8_t*>(codes.data());
+    const void* s = scales.data();
+    const void* z = p.asymmetric() ? zeros->data() : nullptr;
+    float* out = y.mutable_data();
+    py::gil_scoped_release release;
+    QuantizedMatmul(xs, n, c, s, z, rows, cols, p, out);
+  }
+  return y;
 }
 
 py::array Cast(const py::array& x, DType in_type, DType out_type,
@@ -302,6 +316,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("reconstruction_error", &ReconstructionErrorPy, "x"_a, "dtype"_a,
         "codes"_a, "scales"_a, "zeros"_a, "params"_a, "name"_a,
         "Per-row sum x^2 and sum (x - x^)^2, without materialising x^.");
+  m.def("matmul", &MatmulPy, "x"_a, "codes"_a, "scales"_a, "zeros"_a, "rows"_a,
+        "params"_a, "name"_a,
+        "x @ W.T for float32 x [n, cols] and a quantized W [rows, cols].");
   m.def("cast", &Cast, "x"_a, "in_type"_a, "out_type"_a, "name"_a,
         "Convert between float32, float16 and bfloat16 (bits as uint16).");
 

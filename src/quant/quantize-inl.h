@@ -753,6 +753,53 @@ void ErrorRowsT(const T* HWY_RESTRICT x, const uint8_t* HWY_RESTRICT codes,
   }
 }
 
+// Rows [r0, r1) of out = x W^T: each row of W decoded once into a buffer,
+// then dotted with every input row. Lanes accumulate in float32 and are
+// reduced in a fixed order, so results do not depend on the thread count.
+template <int kBits, bool kAsym>
+void MatmulRowsT(const float* HWY_RESTRICT x, size_t n,
+                 const uint8_t* HWY_RESTRICT codes,
+                 const void* HWY_RESTRICT scales,
+                 const void* HWY_RESTRICT zeros, size_t r0, size_t r1,
+                 size_t cols, const QuantParams& p, float* HWY_RESTRICT out,
+                 size_t rows) {
+  const size_t g = p.group_size == 0 ? cols : p.group_size;
+  const size_t groups = cols / g;
+  const size_t row_bytes = RowBytes(cols, kBits);
+  const std::vector<uint32_t> seg_group = SegmentGroups(cols, g, kBits);
+  std::vector<float> scale(groups), zero(groups);
+  if (!kAsym) zero.assign(groups, static_cast<float>(p.code_offset));
+  std::vector<float> w(cols);
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  for (size_t r = r0; r < r1; ++r) {
+    ReadParams(p, scales, r * groups, groups, scale.data());
+    if (kAsym) ReadParams(p, zeros, r * groups, groups, zero.data());
+    DecodeRow<kBits, kAsym, false>(codes + r * row_bytes, cols,
+                                   seg_group.data(), scale.data(), zero.data(),
+                                   w.data());
+    for (size_t t = 0; t < n; ++t) {
+      const float* xt = x + t * cols;
+      auto acc0 = hn::Zero(d);
+      auto acc1 = hn::Zero(d);
+      size_t i = 0;
+      for (; i + 2 * N <= cols; i += 2 * N) {
+        acc0 = hn::MulAdd(hn::LoadU(d, w.data() + i), hn::LoadU(d, xt + i),
+                          acc0);
+        acc1 = hn::MulAdd(hn::LoadU(d, w.data() + i + N),
+                          hn::LoadU(d, xt + i + N), acc1);
+      }
+      for (; i + N <= cols; i += N) {
+        acc0 = hn::MulAdd(hn::LoadU(d, w.data() + i), hn::LoadU(d, xt + i),
+                          acc0);
+      }
+      float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(acc0, acc1)));
+      for (; i < cols; ++i) sum += w[i] * xt[i];
+      out[t * rows + r] = sum;
+    }
+  }
+}
+
 // The (bits, asymmetric) pairs of the schemes, as template arguments.
 template <int kBitsArg, bool kAsymArg>
 struct Layout {
@@ -829,6 +876,19 @@ void ErrorRows(const void* x, DType dtype, const uint8_t* codes,
             static_cast<const hwy::bfloat16_t*>(x), codes, scales, zeros, r0,
             r1, cols, p, signal, noise);
     }
+  });
+}
+
+// rows: all rows of W, the row stride of out ([n, rows]); [r0, r1): this
+// call's share of them.
+void MatmulRows(const float* x, size_t n, const uint8_t* codes,
+                const void* scales, const void* zeros, size_t rows, size_t r0,
+                size_t r1, size_t cols, const QuantParams& p, float* out) {
+  VisitLayout(p, [&](auto layout) {
+    constexpr int kBits = decltype(layout)::kBits;
+    constexpr bool kAsym = decltype(layout)::kAsym;
+    MatmulRowsT<kBits, kAsym>(x, n, codes, scales, zeros, r0, r1, cols, p,
+                              out, rows);
   });
 }
 
