@@ -120,6 +120,11 @@ def _shards(plans: list[TensorPlan], max_bytes: int) -> list[list[TensorPlan]]:
     return shards
 
 
+def _read(ck: Checkpoint, plan: TensorPlan) -> np.ndarray:
+    """A tensor to convert; matrices must be stored as float32, float16 or bfloat16."""
+    return ck.get_float(plan.name) if len(plan.shape) >= 2 else ck.get(plan.name)
+
+
 def _encode(plan: TensorPlan, x: np.ndarray) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Quantize one weight: its stored arrays and its manifest entry (without ``stored``)."""
     s = get_scheme(plan.choice.scheme)
@@ -175,8 +180,7 @@ def _write_weights(
         specs = [s for p in shard for s in _stored_specs(p)]
         with StreamingWriter(partial / fname, specs, {"format": "lowbit"}) as w:
             for p in shard:
-                x = ck.get_float(p.name) if len(p.shape) >= 2 else ck.get(p.name)
-                arrays, entry = _encode(p, x)
+                arrays, entry = _encode(p, _read(ck, p))
                 stored = _stored_specs(p)
                 for spec, arr in zip(stored, arrays, strict=True):
                     w.write(spec.name, arr.reshape(spec.shape))
@@ -204,7 +208,6 @@ class _BackgroundHashes:
     """
 
     def __init__(self, files: list[Path]) -> None:
-        self._files = files
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._futures = [
@@ -372,8 +375,7 @@ def _write_npz(
         tqdm(total=len(plans), unit="tensor", disable=not show, desc="convert") as bar,
     ):
         for p in plans:
-            x = ck.get_float(p.name) if len(p.shape) >= 2 else ck.get(p.name)
-            arrays, entry = _encode(p, x)
+            arrays, entry = _encode(p, _read(ck, p))
             key = member_key(p.name, entry["scheme"])
             members = {
                 suffix: w.add(key + suffix, arr)

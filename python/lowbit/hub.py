@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowbit.hashing import file_digest
+from lowbit.hashing import CHUNK_BYTES, file_digest
 
 
 class DownloadError(RuntimeError):
@@ -121,10 +121,6 @@ def _verify(repo_id: str, commit: str, root: Path, entries: list[Any]) -> int:
     if bad:
         raise _damaged(repo_id, commit, bad)
     return checked
-
-
-# Bytes per read while streaming a file to disk.
-CHUNK_BYTES = 1 << 20
 
 
 # Attempts per file within one run when the connection drops mid-transfer;

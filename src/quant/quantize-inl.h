@@ -671,18 +671,54 @@ void QuantizeRowsT(const T* HWY_RESTRICT x, size_t r0, size_t r1, size_t cols,
   }
 }
 
+// Decodes rows of a quantized matrix into float32: the per-matrix tables
+// (segment -> group, and the fixed zero point of symmetric schemes) are made
+// once, each row's scales and zero points read as the row is decoded.
+template <int kBits, bool kAsym>
+class RowDecoder {
+ public:
+  RowDecoder(const uint8_t* HWY_RESTRICT codes, const void* HWY_RESTRICT scales,
+             const void* HWY_RESTRICT zeros, size_t cols, const QuantParams& p)
+      : codes_(codes),
+        scales_(scales),
+        zeros_(zeros),
+        cols_(cols),
+        p_(p),
+        groups_(cols / (p.group_size == 0 ? cols : p.group_size)),
+        row_bytes_(RowBytes(cols, kBits)),
+        seg_group_(SegmentGroups(cols, cols / groups_, kBits)),
+        scale_(groups_),
+        zero_(groups_, kAsym ? 0.0f : static_cast<float>(p.code_offset)) {}
+
+  // Row r of the matrix into out[0, cols); kStream: non-temporal stores.
+  template <bool kStream = false>
+  void Decode(size_t r, float* HWY_RESTRICT out) {
+    ReadParams(p_, scales_, r * groups_, groups_, scale_.data());
+    if (kAsym) ReadParams(p_, zeros_, r * groups_, groups_, zero_.data());
+    DecodeRow<kBits, kAsym, kStream>(codes_ + r * row_bytes_, cols_,
+                                     seg_group_.data(), scale_.data(),
+                                     zero_.data(), out);
+  }
+
+ private:
+  const uint8_t* codes_;
+  const void* scales_;
+  const void* zeros_;
+  size_t cols_;
+  const QuantParams& p_;
+  size_t groups_;
+  size_t row_bytes_;
+  std::vector<uint32_t> seg_group_;
+  std::vector<float> scale_, zero_;
+};
+
 template <int kBits, bool kAsym>
 void DequantizeRowsT(const uint8_t* HWY_RESTRICT codes,
                      const void* HWY_RESTRICT scales,
                      const void* HWY_RESTRICT zeros, size_t r0, size_t r1,
                      size_t cols, const QuantParams& p,
                      float* HWY_RESTRICT out) {
-  const size_t g = p.group_size == 0 ? cols : p.group_size;
-  const size_t groups = cols / g;
-  const size_t row_bytes = RowBytes(cols, kBits);
-  const std::vector<uint32_t> seg_group = SegmentGroups(cols, g, kBits);
-  std::vector<float> scale(groups), zero(groups);
-  if (!kAsym) zero.assign(groups, static_cast<float>(p.code_offset));
+  RowDecoder<kBits, kAsym> decoder(codes, scales, zeros, cols, p);
   // Streaming stores need every row start aligned to the vector size, and
   // pay off only for outputs far larger than the last-level cache.
   const DF d;
@@ -692,16 +728,10 @@ void DequantizeRowsT(const uint8_t* HWY_RESTRICT codes,
       reinterpret_cast<uintptr_t>(out) % align == 0 &&
       (cols * sizeof(float)) % align == 0;
   for (size_t r = r0; r < r1; ++r) {
-    ReadParams(p, scales, r * groups, groups, scale.data());
-    if (kAsym) ReadParams(p, zeros, r * groups, groups, zero.data());
     if (stream) {
-      DecodeRow<kBits, kAsym, true>(codes + r * row_bytes, cols,
-                                    seg_group.data(), scale.data(),
-                                    zero.data(), out + r * cols);
+      decoder.template Decode<true>(r, out + r * cols);
     } else {
-      DecodeRow<kBits, kAsym, false>(codes + r * row_bytes, cols,
-                                     seg_group.data(), scale.data(),
-                                     zero.data(), out + r * cols);
+      decoder.Decode(r, out + r * cols);
     }
   }
   if (stream) hwy::FlushStream();
@@ -715,21 +745,12 @@ void ErrorRowsT(const T* HWY_RESTRICT x, const uint8_t* HWY_RESTRICT codes,
                 const void* HWY_RESTRICT scales, const void* HWY_RESTRICT zeros,
                 size_t r0, size_t r1, size_t cols, const QuantParams& p,
                 double* HWY_RESTRICT signal, double* HWY_RESTRICT noise) {
-  const size_t g = p.group_size == 0 ? cols : p.group_size;
-  const size_t groups = cols / g;
-  const size_t row_bytes = RowBytes(cols, kBits);
-  const std::vector<uint32_t> seg_group = SegmentGroups(cols, g, kBits);
-  std::vector<float> scale(groups), zero(groups);
-  if (!kAsym) zero.assign(groups, static_cast<float>(p.code_offset));
+  RowDecoder<kBits, kAsym> decoder(codes, scales, zeros, cols, p);
   std::vector<float> row_hat(cols);
   const DF d;
   const size_t N = hn::Lanes(d);
   for (size_t r = r0; r < r1; ++r) {
-    ReadParams(p, scales, r * groups, groups, scale.data());
-    if (kAsym) ReadParams(p, zeros, r * groups, groups, zero.data());
-    DecodeRow<kBits, kAsym, false>(codes + r * row_bytes, cols,
-                                   seg_group.data(), scale.data(), zero.data(),
-                                   row_hat.data());
+    decoder.Decode(r, row_hat.data());
     const T* row = x + r * cols;
     auto vs = hn::Zero(d);
     auto vn = hn::Zero(d);
@@ -763,21 +784,12 @@ void MatmulRowsT(const float* HWY_RESTRICT x, size_t n,
                  const void* HWY_RESTRICT zeros, size_t r0, size_t r1,
                  size_t cols, const QuantParams& p, float* HWY_RESTRICT out,
                  size_t rows) {
-  const size_t g = p.group_size == 0 ? cols : p.group_size;
-  const size_t groups = cols / g;
-  const size_t row_bytes = RowBytes(cols, kBits);
-  const std::vector<uint32_t> seg_group = SegmentGroups(cols, g, kBits);
-  std::vector<float> scale(groups), zero(groups);
-  if (!kAsym) zero.assign(groups, static_cast<float>(p.code_offset));
+  RowDecoder<kBits, kAsym> decoder(codes, scales, zeros, cols, p);
   std::vector<float> w(cols);
   const DF d;
   const size_t N = hn::Lanes(d);
   for (size_t r = r0; r < r1; ++r) {
-    ReadParams(p, scales, r * groups, groups, scale.data());
-    if (kAsym) ReadParams(p, zeros, r * groups, groups, zero.data());
-    DecodeRow<kBits, kAsym, false>(codes + r * row_bytes, cols,
-                                   seg_group.data(), scale.data(), zero.data(),
-                                   w.data());
+    decoder.Decode(r, w.data());
     for (size_t t = 0; t < n; ++t) {
       const float* xt = x + t * cols;
       auto acc0 = hn::Zero(d);
