@@ -16,6 +16,11 @@ _RULES = {
     "meanabs": _core.ScaleRule.MEANABS,
     "minmax": _core.ScaleRule.MINMAX,
 }
+_FLOAT_FORMATS = {
+    "f32": _core.WeightFormat.F32,
+    "f16": _core.WeightFormat.F16,
+    "bf16": _core.WeightFormat.BF16,
+}
 _METHODS = {"rtn": _core.Method.RTN, "mse": _core.Method.MSE, "hqq": _core.Method.HQQ}
 
 # Elements compared per step when measuring a float scheme's error: float64
@@ -114,11 +119,26 @@ class QuantizedTensor:
             sig, noise = float(signal.sum()), float(noises.sum())
         return float(np.sqrt(noise / sig)) if sig > 0 else float(noise > 0)
 
+    def weight(self, name: str | None = None) -> _core.Weight:
+        """The C++ core's view of this matrix (shares its memory), for linear layers."""
+        name = name or self.scheme
+        s = get_scheme(self.scheme)
+        if s.is_float:
+            return _core.Weight.floats(raw_view(self.codes), _FLOAT_FORMATS[self.scheme], name)
+        return _core.Weight.quantized(
+            self.codes,
+            self.scales,
+            self.zeros,
+            self.shape[0],
+            self.shape[1],
+            core_params(s, self.group_size, self.method),
+            name,
+        )
+
     def matmul(self, x: np.ndarray) -> np.ndarray:
         """``x @ W.T`` for float32 ``x`` ``[n, cols]`` (or ``[cols]``): a linear layer.
 
-        Integer schemes run in the C++ core: each row of W is decoded once into
-        a buffer and dotted with all n inputs, so W is never materialised.
+        Runs in the C++ core for every scheme: W is never materialised in float32.
         """
         x = np.asarray(x)
         if x.dtype != np.float32:
@@ -129,19 +149,7 @@ class QuantizedTensor:
             raise ValueError(
                 f"matmul input: shape {x.shape} does not fit a weight of shape {self.shape}"
             )
-        s = get_scheme(self.scheme)
-        if s.is_float:
-            y = x2 @ cast(self.codes, np.float32, self.scheme).T
-        else:
-            y = _core.matmul(
-                x2,
-                self.codes,
-                self.scales,
-                self.zeros,
-                self.shape[0],
-                core_params(s, self.group_size, self.method),
-                self.scheme,
-            )
+        y = self.weight().matmul(x2)
         return y[0] if vector else y
 
     def dequantize(self, out: np.ndarray | None = None) -> np.ndarray:

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bindings/py_weight.h"
 #include "quant/quant_params.h"
 #include "quant/quantize.h"
 #include "util/errors.h"
@@ -126,44 +127,6 @@ py::tuple Quantize(const py::array& x, DType dtype, const QuantParams& p,
   return py::make_tuple(codes, scales, z);
 }
 
-// Checks that codes, scales and zero points describe a rows x cols matrix
-// quantized with p; a clear ValueError naming the tensor otherwise.
-void CheckQuantized(const py::array& codes, const py::array& scales,
-                    const std::optional<py::array>& zeros, size_t rows,
-                    size_t cols, const QuantParams& p,
-                    const std::string& name) {
-  CheckMatrix(codes, name + " codes", 1);
-  const size_t param_size = p.f16_params ? 2 : 4;
-  CheckMatrix(scales, name + " scales", param_size);
-  CheckParams(p, cols, name);
-  const size_t groups = GroupsPerRow(cols, p.group_size);
-  const size_t row_bytes = RowBytes(cols, p.bits);
-  if (static_cast<size_t>(codes.shape(0)) != rows ||
-      static_cast<size_t>(codes.shape(1)) != row_bytes) {
-    throw py::value_error(name + ": codes have shape (" +
-                          std::to_string(codes.shape(0)) + ", " +
-                          std::to_string(codes.shape(1)) + "), expected (" +
-                          std::to_string(rows) + ", " +
-                          std::to_string(row_bytes) + ")");
-  }
-  auto check_params = [&](const py::array& a, const std::string& what) {
-    if (static_cast<size_t>(a.shape(0)) != rows ||
-        static_cast<size_t>(a.shape(1)) != groups) {
-      throw py::value_error(name + ": " + what + " have shape (" +
-                            std::to_string(a.shape(0)) + ", " +
-                            std::to_string(a.shape(1)) + "), expected (" +
-                            std::to_string(rows) + ", " +
-                            std::to_string(groups) + ")");
-    }
-  };
-  check_params(scales, "scales");
-  if (p.asymmetric()) {
-    if (!zeros) throw py::value_error(name + ": zero points are missing");
-    CheckMatrix(*zeros, name + " zero points", param_size);
-    check_params(*zeros, "zero points");
-  }
-}
-
 py::array_t<float> Dequantize(const py::array& codes, const py::array& scales,
                               const std::optional<py::array>& zeros,
                               size_t rows, size_t cols, const QuantParams& p,
@@ -218,29 +181,6 @@ py::tuple ReconstructionErrorPy(const py::array& x, DType dtype,
   return py::make_tuple(signal, noise);
 }
 
-// y = x W^T for a quantized W [rows, cols] and float32 x [n, cols]: each row
-// of W is decoded once and dotted with all n inputs, never materialised whole.
-py::array_t<float> MatmulPy(const py::array_t<float>& x, const py::array& codes,
-                            const py::array& scales,
-                            const std::optional<py::array>& zeros, size_t rows,
-                            const QuantParams& p, const std::string& name) {
-  CheckMatrix(x, name + " input", sizeof(float));
-  const size_t n = x.shape(0);
-  const size_t cols = x.shape(1);
-  CheckQuantized(codes, scales, zeros, rows, cols, p, name);
-  py::array_t<float> y = AlignedFloatMatrix(n, rows);
-  {
-    const float* xs = x.data();
-    const uint8_t* c = static_cast<const uint8_t*>(codes.data());
-    const void* s = scales.data();
-    const void* z = p.asymmetric() ? zeros->data() : nullptr;
-    float* out = y.mutable_data();
-    py::gil_scoped_release release;
-    QuantizedMatmul(xs, n, c, s, z, rows, cols, p, out);
-  }
-  return y;
-}
-
 py::array Cast(const py::array& x, DType in_type, DType out_type,
                const std::string& name) {
   if (!(x.flags() & py::array::c_style)) {
@@ -275,6 +215,45 @@ py::array Cast(const py::array& x, DType in_type, DType out_type,
 }
 
 }  // namespace
+
+// Checks that codes, scales and zero points describe a rows x cols matrix
+// quantized with p; a clear ValueError naming the tensor otherwise.
+void CheckQuantized(const py::array& codes, const py::array& scales,
+                    const std::optional<py::array>& zeros, size_t rows,
+                    size_t cols, const QuantParams& p,
+                    const std::string& name) {
+  CheckMatrix(codes, name + " codes", 1);
+  const size_t param_size = p.f16_params ? 2 : 4;
+  CheckMatrix(scales, name + " scales", param_size);
+  CheckParams(p, cols, name);
+  const size_t groups = GroupsPerRow(cols, p.group_size);
+  const size_t row_bytes = RowBytes(cols, p.bits);
+  if (static_cast<size_t>(codes.shape(0)) != rows ||
+      static_cast<size_t>(codes.shape(1)) != row_bytes) {
+    throw py::value_error(name + ": codes have shape (" +
+                          std::to_string(codes.shape(0)) + ", " +
+                          std::to_string(codes.shape(1)) + "), expected (" +
+                          std::to_string(rows) + ", " +
+                          std::to_string(row_bytes) + ")");
+  }
+  auto check_params = [&](const py::array& a, const std::string& what) {
+    if (static_cast<size_t>(a.shape(0)) != rows ||
+        static_cast<size_t>(a.shape(1)) != groups) {
+      throw py::value_error(name + ": " + what + " have shape (" +
+                            std::to_string(a.shape(0)) + ", " +
+                            std::to_string(a.shape(1)) + "), expected (" +
+                            std::to_string(rows) + ", " +
+                            std::to_string(groups) + ")");
+    }
+  };
+  check_params(scales, "scales");
+  if (p.asymmetric()) {
+    if (!zeros) throw py::value_error(name + ": zero points are missing");
+    CheckMatrix(*zeros, name + " zero points", param_size);
+    check_params(*zeros, "zero points");
+  }
+}
+
 }  // namespace lowbit
 
 PYBIND11_MODULE(_core, m) {
@@ -316,11 +295,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("reconstruction_error", &ReconstructionErrorPy, "x"_a, "dtype"_a,
         "codes"_a, "scales"_a, "zeros"_a, "params"_a, "name"_a,
         "Per-row sum x^2 and sum (x - x^)^2, without materialising x^.");
-  m.def("matmul", &MatmulPy, "x"_a, "codes"_a, "scales"_a, "zeros"_a, "rows"_a,
-        "params"_a, "name"_a,
-        "x @ W.T for float32 x [n, cols] and a quantized W [rows, cols].");
   m.def("cast", &Cast, "x"_a, "in_type"_a, "out_type"_a, "name"_a,
         "Convert between float32, float16 and bfloat16 (bits as uint16).");
+  BindWeight(m);
 
   m.def("set_num_threads", [](size_t n) { ThreadPool::Global().SetNumThreads(n); },
         "n"_a, "Threads the kernels use (1 to max_threads()).");
