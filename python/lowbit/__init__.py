@@ -6,6 +6,7 @@ from lowbit import _core
 from lowbit.convert import convert
 from lowbit.hub import download
 from lowbit.quantize import QuantizedTensor, quantize
+from lowbit.runtime import Model, load
 from lowbit.schemes import schemes
 
 
@@ -21,9 +22,11 @@ def num_threads() -> int:
 
 __all__ = [
     "QuantizedTensor",
+    "Model",
     "__version__",
     "convert",
     "download",
+    "load",
     "num_threads",
     "quantize",
     "schemes",

@@ -298,6 +298,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("cast", &Cast, "x"_a, "in_type"_a, "out_type"_a, "name"_a,
         "Convert between float32, float16 and bfloat16 (bits as uint16).");
   BindWeight(m);
+  BindModel(m);
 
   m.def("set_num_threads", [](size_t n) { ThreadPool::Global().SetNumThreads(n); },
         "n"_a, "Threads the kernels use (1 to max_threads()).");

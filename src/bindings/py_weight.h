@@ -27,6 +27,7 @@ void CheckQuantized(const pybind11::array& codes, const pybind11::array& scales,
                     size_t cols, const QuantParams& p, const std::string& name);
 
 void BindWeight(pybind11::module_& m);
+void BindModel(pybind11::module_& m);  // py_model.cc
 
 }  // namespace lowbit
 

@@ -1,0 +1,349 @@
+"""Running a converted model on the CPU: ``lowbit.load(dir)``, forward, generate.
+
+The weights stay where they are: each stored tensor is memory-mapped from the
+directory's safetensors files and handed to the C++ core as it is stored
+(quantized codes, or float16/bfloat16/float32 values), never copied to
+float32. Only the small vectors (norms, biases) are read into memory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lowbit import _core
+from lowbit.architectures import family_of
+from lowbit.checkpoint import Checkpoint, CheckpointError
+from lowbit.dtypes import cast
+from lowbit.inspect_model import inspect_model
+from lowbit.manifest import load as load_manifest
+from lowbit.npz_format import NPZ_FORMAT_VERSION
+from lowbit.quantize import QuantizedTensor
+from lowbit.runtime_config import canonical_name, core_config, norm_plus_one
+from lowbit.sampling import SamplingParams, sample
+from lowbit.tokenizer import TOKENIZER_FILE, Tokenizer, TokenizerError
+
+# Default KV cache length when none is asked for: the model's own context,
+# capped so that a 128k-context model does not reserve gigabytes up front.
+DEFAULT_CONTEXT = 4096
+KV_CACHE_TYPES = ("f32", "int8")
+
+
+class ModelLoadError(ValueError):
+    """A model directory that cannot be run: names the file or tensor."""
+
+
+@dataclass
+class Generation:
+    """What ``Model.generate`` produced, with its timings."""
+
+    prompt_tokens: list[int]
+    tokens: list[int] = field(default_factory=list)
+    text: str | None = None
+    finish_reason: str = "length"  # "length" or "eos"
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    seed: int | None = None
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return len(self.prompt_tokens) / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        # The first new token comes from the prefill's logits.
+        steps = max(len(self.tokens) - 1, 0)
+        return steps / self.decode_seconds if self.decode_seconds else 0.0
+
+
+def load(
+    model_dir: str | Path,
+    context_length: int | None = None,
+    kv_cache: str = "f32",
+    verify: bool = False,
+) -> Model:
+    """Open a converted model directory for inference.
+
+    ``context_length``: KV cache positions (default: the model's context,
+    at most 4096). ``kv_cache``: ``f32`` or ``int8``. ``verify``: also check
+    every file's SHA-256 against the manifest (reads all weights once).
+    """
+    return Model(Path(model_dir), context_length, kv_cache, verify)
+
+
+class Model:
+    """A converted model, ready to run. See ``load``."""
+
+    def __init__(self, path: Path, context_length: int | None, kv_cache: str, verify: bool) -> None:
+        if kv_cache not in KV_CACHE_TYPES:
+            raise ValueError(
+                f"kv_cache must be one of {', '.join(KV_CACHE_TYPES)}, got {kv_cache!r}"
+            )
+        if not path.is_dir():
+            raise ModelLoadError(f"{path}: no such model directory")
+        self.path = path
+        self.manifest = load_manifest(path)
+        if self.manifest["format_version"] == NPZ_FORMAT_VERSION:
+            raise ModelLoadError(
+                f"{path}: the NPZ layout is for exchange; convert with --format lowbit to run it"
+            )
+        report = inspect_model(path, verify=verify)
+        if not report.ok:
+            raise ModelLoadError(f"{path}: " + "; ".join(report.problems))
+        self.config = _read_json(path / "config.json")
+        self.family = family_of(self.config).name
+        model_ctx = int(self.manifest["model"]["context_length"])
+        ctx = context_length or min(model_ctx, DEFAULT_CONTEXT)
+        if ctx < 1:
+            raise ValueError(f"context_length must be positive, got {ctx}")
+        weights, vectors = self._read_weights()
+        self._core = _core.Model(
+            core_config(self.config), weights, vectors, ctx, kv_cache == "int8"
+        )
+        self.context_length = ctx
+        self.kv_cache = kv_cache
+        self.vocab_size = int(self.config["vocab_size"])
+        self.tokenizer = Tokenizer(path) if (path / TOKENIZER_FILE).is_file() else None
+        self.eos_token_ids = _eos_ids(path, self.config)
+
+    def _read_weights(self) -> tuple[dict[str, _core.Weight], dict[str, np.ndarray]]:
+        try:
+            ck = Checkpoint(self.path)
+        except CheckpointError as e:
+            raise ModelLoadError(str(e)) from None
+        weights: dict[str, _core.Weight] = {}
+        vectors: dict[str, np.ndarray] = {}
+        plus_one = norm_plus_one(self.family)
+        for w in self.manifest["weights"]:
+            name = w["name"]
+            canon = canonical_name(name, self.family)
+            if canon is None:
+                continue
+            stored = w["stored"]
+            shape = tuple(w["shape"])
+            if len(shape) == 1:
+                v = cast(ck.get(stored["values"]), np.float32, name)
+                if plus_one and canon.endswith("norm"):
+                    v = (np.float32(1.0) + v).astype(np.float32)
+                vectors[canon] = v
+                continue
+            qt = _stored_tensor(ck, w)
+            if len(shape) == 3:
+                _split_experts(canon, qt, shape, weights)
+            else:
+                weights[canon] = qt.weight(name)
+        return weights, vectors
+
+    # ------------------------------------------------------------ running
+
+    def forward(self, token_ids: Sequence[int] | np.ndarray, start: int = 0) -> np.ndarray:
+        """Logits float32 ``[n, vocab]`` for ``token_ids``, placed at positions
+        ``start ..``; the cache keeps positions before ``start`` from earlier
+        calls (``start=0``: a fresh sequence)."""
+        ids = self._ids(token_ids)
+        self._core.rewind(start)
+        return self._core.forward(ids, True)
+
+    def _last_logits(self, ids: np.ndarray, start: int) -> np.ndarray:
+        self._core.rewind(start)
+        return self._core.forward(ids, False)[0]
+
+    def _ids(self, token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        ids = np.asarray(token_ids)
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError(f"token ids must be a non-empty 1-D sequence, got shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"token ids must be integers, got {ids.dtype}")
+        bad = (ids < 0) | (ids >= self.vocab_size)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"token id {int(ids[i])} at index {i} is outside the vocabulary [0, {self.vocab_size})"
+            )
+        return ids.astype(np.int32)
+
+    def encode_prompt(self, prompt: str | Sequence[int], chat: bool = False) -> list[int]:
+        """Token ids of a prompt: a string (tokenized, optionally through the
+        chat template) or token ids as they are."""
+        if not isinstance(prompt, str):
+            if chat:
+                raise ValueError("chat needs a text prompt, not token ids")
+            return [int(t) for t in self._ids(list(prompt))]
+        if self.tokenizer is None:
+            raise TokenizerError(f"{self.path}: no {TOKENIZER_FILE}; give the prompt as token ids")
+        if chat:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(prompt)
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        chat: bool = False,
+        stop_at_eos: bool = True,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Generate up to ``max_new_tokens`` after ``prompt``.
+
+        Greedy when ``temperature`` is 0; otherwise sampled with top-k/top-p
+        from a generator seeded with ``seed`` (the same seed, the same tokens).
+        Stops at the generation config's EOS tokens. ``on_text`` receives the
+        text as it is produced (streaming).
+        """
+        result = Generation(prompt_tokens=self.encode_prompt(prompt, chat))
+        for _ in self._generate(
+            result,
+            max_new_tokens,
+            SamplingParams(temperature, top_k, top_p),
+            seed,
+            stop_at_eos,
+            on_text,
+        ):
+            pass
+        return result
+
+    def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[int]:
+        """Like ``generate``, yielding each new token id as it is produced."""
+        chat = kwargs.pop("chat", False)
+        result = Generation(prompt_tokens=self.encode_prompt(prompt, chat))
+        sampling = SamplingParams(
+            kwargs.pop("temperature", 0.0), kwargs.pop("top_k", 0), kwargs.pop("top_p", 1.0)
+        )
+        yield from self._generate(
+            result,
+            kwargs.pop("max_new_tokens", 64),
+            sampling,
+            kwargs.pop("seed", None),
+            kwargs.pop("stop_at_eos", True),
+            kwargs.pop("on_text", None),
+        )
+
+    def _generate(
+        self,
+        result: Generation,
+        max_new_tokens: int,
+        sampling: SamplingParams,
+        seed: int | None,
+        stop_at_eos: bool,
+        on_text: Callable[[str], None] | None,
+    ) -> Iterator[int]:
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        prompt = result.prompt_tokens
+        if not prompt:
+            raise ValueError("the prompt is empty (no tokens)")
+        needed = len(prompt) + max(max_new_tokens - 1, 0)
+        if needed > self.context_length:
+            raise ValueError(
+                f"prompt ({len(prompt)} tokens) + {max_new_tokens} new tokens exceed the context "
+                f"of {self.context_length}; load with a larger context_length"
+            )
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % (1 << 63))
+        result.seed = seed
+        rng = np.random.default_rng(seed)
+        if max_new_tokens == 0:
+            result.text = self._decode(result.tokens)
+            return
+        t0 = time.perf_counter()
+        logits = self._last_logits(np.asarray(prompt, np.int32), 0)
+        result.prefill_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        shown = ""
+        position = len(prompt)
+        while True:
+            token = sample(logits, sampling, rng)
+            if stop_at_eos and token in self.eos_token_ids:
+                result.finish_reason = "eos"
+                break
+            result.tokens.append(token)
+            if on_text is not None and self.tokenizer is not None:
+                text = self._decode(result.tokens) or ""
+                # Emit only complete characters: a partial UTF-8 sequence
+                # decodes to U+FFFD until its last byte arrives.
+                if not text.endswith("\ufffd") and text.startswith(shown):
+                    on_text(text[len(shown) :])
+                    shown = text
+            yield token
+            if len(result.tokens) >= max_new_tokens:
+                break
+            logits = self._last_logits(np.asarray([token], np.int32), position)
+            position += 1
+        result.decode_seconds = time.perf_counter() - t0
+        result.text = self._decode(result.tokens)
+        if on_text is not None and result.text is not None and result.text.startswith(shown):
+            rest = result.text[len(shown) :]
+            if rest:
+                on_text(rest)
+
+    def _decode(self, ids: list[int]) -> str | None:
+        return None if self.tokenizer is None else self.tokenizer.decode(ids)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: missing") from None
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object")
+    return data
+
+
+def _eos_ids(path: Path, config: dict[str, Any]) -> set[int]:
+    """EOS tokens: generation_config.json's, else config.json's."""
+    gen = path / "generation_config.json"
+    value = None
+    if gen.is_file():
+        value = _read_json(gen).get("eos_token_id")
+    if value is None:
+        value = config.get("eos_token_id")
+    if value is None:
+        return set()
+    return {int(v) for v in (value if isinstance(value, list) else [value])}
+
+
+def _stored_tensor(ck: Checkpoint, w: dict[str, Any]) -> QuantizedTensor:
+    """One manifest weight as stored, 3-D expert stacks flattened to rows."""
+    stored = w["stored"]
+    shape = tuple(w["shape"])
+    rows = int(np.prod(shape[:-1]))
+    cols = shape[-1]
+    values = ck.get(stored["values"])
+    if "scales" not in stored:
+        return QuantizedTensor(w["scheme"], (rows, cols), values.reshape(rows, cols))
+    scales = ck.get(stored["scales"])
+    zeros = ck.get(stored["zeros"]) if "zeros" in stored else None
+    return QuantizedTensor(
+        w["scheme"], (rows, cols), values, scales, zeros, w["group_size"], w["method"]
+    )
+
+
+def _split_experts(
+    canon: str, qt: QuantizedTensor, shape: tuple[int, ...], out: dict[str, _core.Weight]
+) -> None:
+    """Per-expert matrices from a fused [experts, rows, cols] tensor (gate and
+    up stacked in the rows of ``gate_up``, gate first)."""
+    experts, rows = shape[0], shape[1]
+    prefix, kind = canon.rsplit(".", 1)
+    for e in range(experts):
+        part = qt.rows(e * rows, (e + 1) * rows)
+        if kind == "experts_gate_up":
+            half = rows // 2
+            out[f"{prefix}.E{e}.gate"] = part.rows(0, half).weight(f"{canon}[{e}] gate")
+            out[f"{prefix}.E{e}.up"] = part.rows(half, rows).weight(f"{canon}[{e}] up")
+        else:
+            out[f"{prefix}.E{e}.down"] = part.weight(f"{canon}[{e}]")

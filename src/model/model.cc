@@ -1,0 +1,396 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <stdexcept>
+#include <utility>
+
+namespace lowbit {
+namespace {
+
+// Tokens per pass through the layers: bounds the activation buffers (about
+// kChunk x (intermediate + 4 hidden) floats) whatever the prompt length.
+constexpr size_t kChunk = 256;
+
+std::string Shape(size_t rows, size_t cols) {
+  return "(" + std::to_string(rows) + ", " + std::to_string(cols) + ")";
+}
+
+}  // namespace
+
+struct Model::Layer {
+  WeightView q, k, v, o;
+  WeightView gate, up, down;                    // dense FFN
+  WeightView router;                            // MoE
+  std::vector<WeightView> e_gate, e_up, e_down;  // experts
+  WeightView shared_gate, shared_up, shared_down, shared_router;
+  const std::vector<float>* attn_norm = nullptr;
+  const std::vector<float>* ffn_norm = nullptr;
+  const std::vector<float>* attn_post_norm = nullptr;
+  const std::vector<float>* ffn_post_norm = nullptr;
+  const std::vector<float>* q_norm = nullptr;
+  const std::vector<float>* k_norm = nullptr;
+  const std::vector<float>* q_bias = nullptr;
+  const std::vector<float>* k_bias = nullptr;
+  const std::vector<float>* v_bias = nullptr;
+  size_t ffn_width = 0;  // widest intermediate (dense, expert or shared)
+};
+
+// Activation buffers, sized for one chunk of tokens.
+struct Model::Scratch {
+  explicit Scratch(size_t n, const ModelConfig& c, size_t ffn_width,
+                   size_t experts)
+      : x(n * c.hidden),
+        h(n * c.hidden),
+        y(n * c.hidden),
+        q(n * c.heads * c.head_dim),
+        k(n * c.kv_heads * c.head_dim),
+        v(n * c.kv_heads * c.head_dim),
+        attn(n * c.heads * c.head_dim),
+        g(n * ffn_width),
+        u(n * ffn_width),
+        router(n * std::max<size_t>(experts, 1)),
+        gathered(n * c.hidden),
+        expert_out(n * c.hidden),
+        gate1(n) {}
+  std::vector<float> x, h, y, q, k, v, attn, g, u, router, gathered,
+      expert_out, gate1;
+};
+
+Model::Model(ModelConfig config, WeightMap weights, VectorMap vectors,
+             size_t context, bool kv_int8)
+    : config_(std::move(config)),
+      weights_(std::move(weights)),
+      vectors_(std::move(vectors)),
+      final_norm_(nullptr),
+      cache_(config_.layers.size(), config_.kv_heads, config_.head_dim,
+             context, kv_int8) {
+  const ModelConfig& c = config_;
+  if (c.hidden == 0 || c.heads == 0 || c.kv_heads == 0 || c.head_dim == 0 ||
+      c.vocab == 0 || c.layers.empty()) {
+    throw std::invalid_argument("model config: empty dimension");
+  }
+  if (c.heads % c.kv_heads != 0) {
+    throw std::invalid_argument("model config: heads (" +
+                                std::to_string(c.heads) +
+                                ") not a multiple of kv heads (" +
+                                std::to_string(c.kv_heads) + ")");
+  }
+  if (c.head_dim % 2 != 0) {
+    throw std::invalid_argument("model config: head_dim must be even");
+  }
+  if (context == 0) throw std::invalid_argument("context must be positive");
+
+  auto matrix = [&](const std::string& name, size_t rows, size_t cols,
+                    bool required) -> WeightView {
+    auto it = weights_.find(name);
+    if (it == weights_.end()) {
+      if (required) throw std::invalid_argument(name + ": weight is missing");
+      return WeightView();
+    }
+    const WeightView& w = it->second;
+    if ((rows != 0 && w.rows != rows) || w.cols != cols) {
+      throw std::invalid_argument(
+          name + ": shape " + Shape(w.rows, w.cols) + ", expected " +
+          Shape(rows, cols) + " from the config");
+    }
+    return w;
+  };
+  auto vector = [&](const std::string& name, size_t len,
+                    bool required) -> const std::vector<float>* {
+    auto it = vectors_.find(name);
+    if (it == vectors_.end()) {
+      if (required) throw std::invalid_argument(name + ": weight is missing");
+      return nullptr;
+    }
+    if (it->second.size() != len) {
+      throw std::invalid_argument(name + ": length " +
+                                  std::to_string(it->second.size()) +
+                                  ", expected " + std::to_string(len));
+    }
+    return &it->second;
+  };
+
+  const size_t hd = c.head_dim;
+  embed_ = matrix("embed", c.vocab, c.hidden, true);
+  lm_head_ = matrix("lm_head", c.vocab, c.hidden, false);
+  if (lm_head_.empty()) lm_head_ = embed_;  // tied embeddings
+  final_norm_ = vector("final_norm", c.hidden, true);
+
+  for (size_t l = 0; l < c.layers.size(); ++l) {
+    const std::string p = "L" + std::to_string(l) + ".";
+    const LayerConfig& lc = c.layers[l];
+    if (lc.inv_freq.size() != hd / 2) {
+      throw std::invalid_argument(p + "inv_freq: length " +
+                                  std::to_string(lc.inv_freq.size()) +
+                                  ", expected head_dim / 2");
+    }
+    Layer layer;
+    layer.q = matrix(p + "q", c.heads * hd, c.hidden, true);
+    layer.k = matrix(p + "k", c.kv_heads * hd, c.hidden, true);
+    layer.v = matrix(p + "v", c.kv_heads * hd, c.hidden, true);
+    layer.o = matrix(p + "o", c.hidden, c.heads * hd, true);
+    layer.attn_norm = vector(p + "attn_norm", c.hidden, true);
+    layer.ffn_norm = vector(p + "ffn_norm", c.hidden, true);
+    layer.attn_post_norm = vector(p + "attn_post_norm", c.hidden, false);
+    layer.ffn_post_norm = vector(p + "ffn_post_norm", c.hidden, false);
+    layer.q_norm = vector(p + "q_norm", hd, false);
+    layer.k_norm = vector(p + "k_norm", hd, false);
+    layer.q_bias = vector(p + "q_bias", c.heads * hd, false);
+    layer.k_bias = vector(p + "k_bias", c.kv_heads * hd, false);
+    layer.v_bias = vector(p + "v_bias", c.kv_heads * hd, false);
+
+    layer.router = matrix(p + "router", 0, c.hidden, false);
+    if (layer.router.empty()) {
+      layer.gate = matrix(p + "gate", 0, c.hidden, true);
+      const size_t inter = layer.gate.rows;
+      layer.up = matrix(p + "up", inter, c.hidden, true);
+      layer.down = matrix(p + "down", c.hidden, inter, true);
+      layer.ffn_width = inter;
+    } else {
+      const size_t experts = layer.router.rows;
+      if (c.experts_per_token == 0 || c.experts_per_token > experts) {
+        throw std::invalid_argument(
+            p + "router: experts per token (" +
+            std::to_string(c.experts_per_token) + ") must be in [1, " +
+            std::to_string(experts) + "]");
+      }
+      for (size_t e = 0; e < experts; ++e) {
+        const std::string pe = p + "E" + std::to_string(e) + ".";
+        layer.e_gate.push_back(matrix(pe + "gate", 0, c.hidden, true));
+        const size_t inter = layer.e_gate.back().rows;
+        layer.e_up.push_back(matrix(pe + "up", inter, c.hidden, true));
+        layer.e_down.push_back(matrix(pe + "down", c.hidden, inter, true));
+        layer.ffn_width = std::max(layer.ffn_width, inter);
+      }
+      layer.shared_gate = matrix(p + "shared_gate", 0, c.hidden, false);
+      if (!layer.shared_gate.empty()) {
+        const size_t inter = layer.shared_gate.rows;
+        layer.shared_up = matrix(p + "shared_up", inter, c.hidden, true);
+        layer.shared_down = matrix(p + "shared_down", c.hidden, inter, true);
+        layer.shared_router = matrix(p + "shared_router", 1, c.hidden, false);
+        layer.ffn_width = std::max(layer.ffn_width, inter);
+      }
+    }
+    layers_.push_back(std::move(layer));
+  }
+}
+
+Model::~Model() = default;
+
+void Model::Rewind(size_t position) {
+  if (position > position_) {
+    throw std::out_of_range("rewind to " + std::to_string(position) +
+                            " is past the current position " +
+                            std::to_string(position_));
+  }
+  position_ = position;
+}
+
+void Model::Forward(const int32_t* ids, size_t n, bool all_logits,
+                    float* logits) {
+  if (n == 0) throw std::invalid_argument("no tokens to run");
+  if (position_ + n > context()) {
+    throw std::out_of_range(
+        std::to_string(position_ + n) + " tokens exceed the context of " +
+        std::to_string(context()) + " (load the model with a larger context)");
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (ids[i] < 0 || static_cast<size_t>(ids[i]) >= config_.vocab) {
+      throw std::out_of_range("token id " + std::to_string(ids[i]) +
+                              " at index " + std::to_string(i) +
+                              " is outside the vocabulary [0, " +
+                              std::to_string(config_.vocab) + ")");
+    }
+  }
+  for (size_t start = 0; start < n; start += kChunk) {
+    const size_t m = std::min(kChunk, n - start);
+    const bool last = start + m == n;
+    if (all_logits) {
+      ForwardChunk(ids + start, m, logits + start * config_.vocab, true);
+    } else {
+      ForwardChunk(ids + start, m, last ? logits : nullptr, false);
+    }
+  }
+}
+
+void Model::ForwardChunk(const int32_t* ids, size_t n, float* logits,
+                         bool all_logits) {
+  const ModelConfig& c = config_;
+  size_t ffn_width = 0, experts = 0;
+  for (const Layer& layer : layers_) {
+    ffn_width = std::max(ffn_width, layer.ffn_width);
+    experts = std::max(experts, layer.e_gate.size());
+  }
+  Scratch s(n, c, ffn_width, experts);
+  float* x = s.x.data();
+  for (size_t t = 0; t < n; ++t) {
+    float* row = x + t * c.hidden;
+    WeightRow(embed_, static_cast<size_t>(ids[t]), row);
+    if (c.embed_scale != 1.0f) {
+      for (size_t i = 0; i < c.hidden; ++i) row[i] *= c.embed_scale;
+    }
+  }
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    AttentionBlock(l, n, x, s);
+    const Layer& layer = layers_[l];
+    RmsNorm(x, layer.ffn_norm->data(), n, c.hidden, c.rms_eps, s.h.data());
+    FeedForward(layer, n, s.h.data(), s.y.data(), s);
+    if (layer.ffn_post_norm != nullptr) {
+      RmsNorm(s.y.data(), layer.ffn_post_norm->data(), n, c.hidden, c.rms_eps,
+              s.y.data());
+    }
+    for (size_t i = 0; i < n * c.hidden; ++i) x[i] += s.y[i];
+  }
+  position_ += n;
+  if (logits == nullptr) return;
+  const size_t first = all_logits ? 0 : n - 1;
+  const size_t rows = n - first;
+  RmsNorm(x + first * c.hidden, final_norm_->data(), rows, c.hidden, c.rms_eps,
+          s.h.data());
+  MatMul(lm_head_, s.h.data(), rows, logits);
+  if (c.final_softcap != 0.0f) SoftCap(logits, rows * c.vocab, c.final_softcap);
+}
+
+void Model::AttentionBlock(size_t l, size_t n, float* x, Scratch& s) {
+  const ModelConfig& c = config_;
+  const Layer& layer = layers_[l];
+  const LayerConfig& lc = c.layers[l];
+  const size_t hd = c.head_dim;
+  const size_t q_width = c.heads * hd;
+  const size_t kv_width = c.kv_heads * hd;
+  RmsNorm(x, layer.attn_norm->data(), n, c.hidden, c.rms_eps, s.h.data());
+  MatMul(layer.q, s.h.data(), n, s.q.data());
+  MatMul(layer.k, s.h.data(), n, s.k.data());
+  MatMul(layer.v, s.h.data(), n, s.v.data());
+  auto add_bias = [n](const std::vector<float>* bias, float* y, size_t width) {
+    if (bias == nullptr) return;
+    for (size_t t = 0; t < n; ++t) {
+      for (size_t i = 0; i < width; ++i) y[t * width + i] += (*bias)[i];
+    }
+  };
+  add_bias(layer.q_bias, s.q.data(), q_width);
+  add_bias(layer.k_bias, s.k.data(), kv_width);
+  add_bias(layer.v_bias, s.v.data(), kv_width);
+  if (layer.q_norm != nullptr) {
+    RmsNorm(s.q.data(), layer.q_norm->data(), n * c.heads, hd, c.rms_eps,
+            s.q.data());
+  }
+  if (layer.k_norm != nullptr) {
+    RmsNorm(s.k.data(), layer.k_norm->data(), n * c.kv_heads, hd, c.rms_eps,
+            s.k.data());
+  }
+  const KvLayerView kv = cache_.layer(l);
+  for (size_t t = 0; t < n; ++t) {
+    const double pos = static_cast<double>(position_ + t);
+    ApplyRope(s.q.data() + t * q_width, c.heads, hd, lc.inv_freq.data(), pos,
+              lc.rope_scaling);
+    ApplyRope(s.k.data() + t * kv_width, c.kv_heads, hd, lc.inv_freq.data(),
+              pos, lc.rope_scaling);
+    StoreKv(kv, c.kv_heads, position_ + t, s.k.data() + t * kv_width,
+            s.v.data() + t * kv_width);
+  }
+  AttentionArgs a;
+  a.q = s.q.data();
+  a.out = s.attn.data();
+  a.kv = kv;
+  a.tokens = n;
+  a.heads = c.heads;
+  a.kv_heads = c.kv_heads;
+  a.first_position = position_;
+  a.window = lc.sliding_window;
+  a.scale = c.attn_scale;
+  a.softcap = c.attn_softcap;
+  Attention(a);
+  MatMul(layer.o, s.attn.data(), n, s.y.data());
+  if (layer.attn_post_norm != nullptr) {
+    RmsNorm(s.y.data(), layer.attn_post_norm->data(), n, c.hidden, c.rms_eps,
+            s.y.data());
+  }
+  for (size_t i = 0; i < n * c.hidden; ++i) x[i] += s.y[i];
+}
+
+void Model::FeedForward(const Layer& layer, size_t n, const float* in,
+                        float* out, Scratch& s) {
+  if (layer.router.empty()) {
+    DenseFfn(layer.gate, layer.up, layer.down, n, in, out, s);
+  } else {
+    MoeFfn(layer, n, in, out, s);
+  }
+}
+
+void Model::DenseFfn(const WeightView& gate, const WeightView& up,
+                     const WeightView& down, size_t n, const float* in,
+                     float* out, Scratch& s) {
+  const size_t inter = gate.rows;
+  MatMul(gate, in, n, s.g.data());
+  MatMul(up, in, n, s.u.data());
+  GatedActivation(config_.activation, s.g.data(), s.u.data(), n * inter,
+                  s.g.data());
+  MatMul(down, s.g.data(), n, out);
+}
+
+void Model::MoeFfn(const Layer& layer, size_t n, const float* in, float* out,
+                   Scratch& s) {
+  const ModelConfig& c = config_;
+  const size_t experts = layer.router.rows;
+  const size_t top_k = c.experts_per_token;
+  MatMul(layer.router, in, n, s.router.data());
+  // Per token: softmax over experts, the top k (ties to the lower index),
+  // renormalised when the config says so.
+  std::vector<std::vector<std::pair<size_t, float>>> routed(experts);
+  std::vector<size_t> order(experts);
+  for (size_t t = 0; t < n; ++t) {
+    float* probs = s.router.data() + t * experts;
+    Softmax(probs, experts);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return probs[a] > probs[b]; });
+    float sum = 0.0f;
+    for (size_t j = 0; j < top_k; ++j) sum += probs[order[j]];
+    for (size_t j = 0; j < top_k; ++j) {
+      const float w = c.norm_topk_prob ? probs[order[j]] / sum : probs[order[j]];
+      routed[order[j]].emplace_back(t, w);
+    }
+  }
+  std::fill(out, out + n * c.hidden, 0.0f);
+  // Dispatch: each expert runs once on the tokens routed to it, gathered into
+  // one batch; its output is scattered back with the token's router weight.
+  for (size_t e = 0; e < experts; ++e) {
+    const auto& tokens = routed[e];
+    if (tokens.empty()) continue;
+    const size_t m = tokens.size();
+    for (size_t j = 0; j < m; ++j) {
+      std::copy(in + tokens[j].first * c.hidden,
+                in + (tokens[j].first + 1) * c.hidden,
+                s.gathered.data() + j * c.hidden);
+    }
+    DenseFfn(layer.e_gate[e], layer.e_up[e], layer.e_down[e], m,
+             s.gathered.data(), s.expert_out.data(), s);
+    for (size_t j = 0; j < m; ++j) {
+      float* dst = out + tokens[j].first * c.hidden;
+      const float* src = s.expert_out.data() + j * c.hidden;
+      const float w = tokens[j].second;
+      for (size_t i = 0; i < c.hidden; ++i) dst[i] += w * src[i];
+    }
+  }
+  if (!layer.shared_gate.empty()) {
+    DenseFfn(layer.shared_gate, layer.shared_up, layer.shared_down, n, in,
+             s.expert_out.data(), s);
+    if (!layer.shared_router.empty()) {
+      MatMul(layer.shared_router, in, n, s.gate1.data());
+    }
+    for (size_t t = 0; t < n; ++t) {
+      const float g =
+          layer.shared_router.empty()
+              ? 1.0f
+              : 1.0f / (1.0f + std::exp(-s.gate1[t]));
+      float* dst = out + t * c.hidden;
+      const float* src = s.expert_out.data() + t * c.hidden;
+      for (size_t i = 0; i < c.hidden; ++i) dst[i] += g * src[i];
+    }
+  }
+}
+
+}  // namespace lowbit

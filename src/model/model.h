@@ -1,0 +1,104 @@
+// A decoder-only transformer over stored (memory-mapped, usually quantized)
+// weights: the forward pass of every family lowbit supports, with a KV cache.
+//
+// The Python side (python/lowbit/runtime.py) reads config.json and maps the
+// checkpoint's tensor names onto the canonical names below; this class knows
+// no family by name, only the features a family switches on.
+#ifndef LOWBIT_MODEL_MODEL_H_
+#define LOWBIT_MODEL_MODEL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "matmul/matmul.h"
+#include "model/kv_cache.h"
+#include "ops/ops.h"
+
+namespace lowbit {
+
+struct LayerConfig {
+  size_t sliding_window = 0;   // 0: full causal attention
+  std::vector<float> inv_freq;  // head_dim / 2 rotary frequencies
+  float rope_scaling = 1.0f;    // multiplies cos and sin (rope attention factor)
+};
+
+struct ModelConfig {
+  size_t hidden = 0;
+  size_t heads = 0;
+  size_t kv_heads = 0;
+  size_t head_dim = 0;
+  size_t vocab = 0;
+  float rms_eps = 1e-6f;
+  Activation activation = Activation::kSilu;
+  float embed_scale = 1.0f;     // Gemma: sqrt(hidden)
+  float attn_scale = 1.0f;      // multiplies q.k
+  float attn_softcap = 0.0f;    // 0: none
+  float final_softcap = 0.0f;   // 0: none
+  size_t experts_per_token = 0;
+  bool norm_topk_prob = false;  // renormalise the top-k router weights
+  std::vector<LayerConfig> layers;
+};
+
+// Canonical weight names. Matrices: "embed", "lm_head" (absent when tied),
+// and per layer i "L<i>.q", ".k", ".v", ".o", ".gate", ".up", ".down",
+// ".router", ".E<e>.gate", ".E<e>.up", ".E<e>.down", ".shared_gate",
+// ".shared_up", ".shared_down", ".shared_router". Vectors (float32):
+// "final_norm", and per layer ".attn_norm", ".ffn_norm", ".attn_post_norm",
+// ".ffn_post_norm", ".q_norm", ".k_norm", ".q_bias", ".k_bias", ".v_bias".
+// Norm vectors already hold Gemma's 1 + w.
+using WeightMap = std::map<std::string, WeightView>;
+using VectorMap = std::map<std::string, std::vector<float>>;
+
+class Model {
+ public:
+  // Checks every shape against the config; std::invalid_argument naming the
+  // weight otherwise. kv_int8: int8 KV cache instead of float32.
+  Model(ModelConfig config, WeightMap weights, VectorMap vectors,
+        size_t context, bool kv_int8);
+  ~Model();
+
+  // Runs tokens ids[0, n) at positions position() .. position() + n - 1 and
+  // appends them to the cache. logits: [n, vocab] when all_logits, else
+  // [1, vocab] for the last token. std::out_of_range when the context would
+  // overflow or an id is not in the vocabulary (nothing is run then).
+  void Forward(const int32_t* ids, size_t n, bool all_logits, float* logits);
+
+  size_t position() const { return position_; }
+  size_t context() const { return cache_.context(); }
+  // Forget the cache from `position` on (0: start a new sequence).
+  void Rewind(size_t position);
+  const ModelConfig& config() const { return config_; }
+
+ private:
+  struct Layer;
+  struct Scratch;
+
+  void ForwardChunk(const int32_t* ids, size_t n, float* logits,
+                    bool all_logits);
+  void AttentionBlock(size_t l, size_t n, float* x, Scratch& s);
+  void FeedForward(const Layer& layer, size_t n, const float* in, float* out,
+                   Scratch& s);
+  void DenseFfn(const WeightView& gate, const WeightView& up,
+                const WeightView& down, size_t n, const float* in, float* out,
+                Scratch& s);
+  void MoeFfn(const Layer& layer, size_t n, const float* in, float* out,
+              Scratch& s);
+
+  ModelConfig config_;
+  WeightMap weights_;
+  VectorMap vectors_;
+  WeightView embed_;
+  WeightView lm_head_;
+  const std::vector<float>* final_norm_;
+  std::vector<Layer> layers_;
+  KvCache cache_;
+  size_t position_ = 0;
+};
+
+}  // namespace lowbit
+
+#endif  // LOWBIT_MODEL_MODEL_H_
