@@ -26,7 +26,12 @@ FAMILIES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {}),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"sliding_window": 16}),
-    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"sliding_window": 16}),
+    # One sliding and one full layer: each has its own rope frequencies.
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {"sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]},
+    ),
     "mixtral": (
         "MixtralConfig",
         "MixtralForCausalLM",
@@ -51,14 +56,22 @@ FAMILIES = {
 
 
 def make_tiny_checkpoint(
-    family: str, out: Path, dtype: str = "float32", shard_size: str | None = None, seed: int = 0
+    family: str,
+    out: Path,
+    dtype: str = "float32",
+    shard_size: str | None = None,
+    seed: int = 0,
+    **overrides: object,
 ) -> Path:
-    """Save a randomly initialised model of ``family`` to ``out`` and return it."""
+    """Save a randomly initialised model of ``family`` to ``out`` and return it.
+
+    ``overrides``: config values replacing the tiny defaults.
+    """
     import torch
     import transformers
 
     config_cls, model_cls, extra = FAMILIES[family]
-    config = getattr(transformers, config_cls)(**COMMON, **extra)
+    config = getattr(transformers, config_cls)(**{**COMMON, **extra, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).to(getattr(torch, dtype))
     kwargs = {"max_shard_size": shard_size} if shard_size else {}

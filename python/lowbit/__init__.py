@@ -21,8 +21,8 @@ def num_threads() -> int:
 
 
 __all__ = [
-    "QuantizedTensor",
     "Model",
+    "QuantizedTensor",
     "__version__",
     "convert",
     "download",

@@ -137,6 +137,102 @@ def _cmd_schemes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_model(args: argparse.Namespace):  # noqa: ANN202 (lowbit.runtime.Model)
+    from lowbit.runtime import load
+
+    if args.threads:
+        from lowbit import _core
+
+        _core.set_num_threads(min(args.threads, _core.max_threads()))
+    if not Path(args.out).is_dir():
+        raise UserError(f"{args.out}: no such model directory")
+    return load(args.out, context_length=args.context, kv_cache=args.kv_cache)
+
+
+def _token_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(
+            f"--prompt-ids: expected integers separated by commas, got {text!r}"
+        ) from None
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    if (args.prompt is None) == (args.prompt_ids is None):
+        raise UserError("give the prompt as text (-p) or as token ids (--prompt-ids), not both")
+    model = _load_model(args)
+    prompt = args.prompt if args.prompt is not None else _token_ids(args.prompt_ids)
+    quiet = args.quiet or args.json
+    streamed = model.tokenizer is not None and not quiet
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    result = model.generate(
+        prompt,
+        max_new_tokens=args.n,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        chat=args.chat,
+        on_text=show if streamed else None,
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "prompt_tokens": result.prompt_tokens,
+                    "tokens": result.tokens,
+                    "text": result.text,
+                    "finish_reason": result.finish_reason,
+                    "seed": result.seed,
+                    "prefill_tokens_per_second": result.prefill_tokens_per_second,
+                    "decode_tokens_per_second": result.decode_tokens_per_second,
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    if not quiet:
+        if not streamed:
+            print(" ".join(str(t) for t in result.tokens))
+        else:
+            print()
+        print(
+            f"lowbit generate: {len(result.prompt_tokens)} prompt tokens at "
+            f"{result.prefill_tokens_per_second:.1f} t/s, {len(result.tokens)} new at "
+            f"{result.decode_tokens_per_second:.1f} t/s "
+            f"({result.finish_reason}, seed {result.seed})",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from lowbit import _core
+    from lowbit.bench import format_bench, run_bench
+
+    if args.threads:
+        _core.set_num_threads(min(args.threads, _core.max_threads()))
+    if not Path(args.out).is_dir():
+        raise UserError(f"{args.out}: no such model directory")
+    result = run_bench(args.out, args.p, args.n, args.repetitions, args.kv_cache)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    elif not args.quiet:
+        print(format_bench(result))
+    return EXIT_OK
+
+
+def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="model directory (from lowbit convert)")
+    p.add_argument("-t", "--threads", type=positive_int, help="threads (default: all cores)")
+    p.add_argument("--kv-cache", default="f32", choices=["f32", "int8"], help="default: f32")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lowbit", description="Compact low-bit models from HuggingFace checkpoints."
@@ -196,6 +292,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=positive_int, help="context length for the memory estimate")
     _add_output_flags(p)
     commands["inspect"] = _cmd_inspect
+
+    p = sub.add_parser("generate", help="generate text with a converted model")
+    _add_runtime_flags(p)
+    p.add_argument("-p", "--prompt", help="prompt text (needs the directory's tokenizer)")
+    p.add_argument("--prompt-ids", help="prompt as token ids, e.g. 1,15,27")
+    p.add_argument("-n", type=int, default=64, help="new tokens at most (default: 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1)")
+    p.add_argument("--seed", type=int, help="sampling seed (the same seed, the same tokens)")
+    p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
+    p.add_argument("--context", type=positive_int, help="KV cache length (default: model's, ≤4096)")
+    _add_output_flags(p)
+    commands["generate"] = _cmd_generate
+
+    p = sub.add_parser("bench", help="prompt processing and generation speed (llama-bench style)")
+    _add_runtime_flags(p)
+    p.add_argument("-p", type=int, default=512, help="prompt tokens (default: 512)")
+    p.add_argument("-n", type=int, default=128, help="generated tokens (default: 128)")
+    p.add_argument("-r", "--repetitions", type=positive_int, default=5, help="default: 5")
+    _add_output_flags(p)
+    commands["bench"] = _cmd_bench
 
     p = sub.add_parser("schemes", help="list the quantization schemes")
     _add_output_flags(p)

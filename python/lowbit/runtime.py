@@ -164,7 +164,8 @@ class Model:
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(
-                f"token id {int(ids[i])} at index {i} is outside the vocabulary [0, {self.vocab_size})"
+                f"token id {int(ids[i])} at index {i} is outside the vocabulary "
+                f"[0, {self.vocab_size})"
             )
         return ids.astype(np.int32)
 
