@@ -37,23 +37,24 @@ struct Model::Layer {
   size_t ffn_width = 0;  // widest intermediate (dense, expert or shared)
 };
 
-// Activation buffers, sized for one chunk of tokens.
+// Activation buffers for up to `tokens` tokens; kept between calls so that
+// decoding one token allocates nothing.
 struct Model::Scratch {
-  explicit Scratch(size_t n, const ModelConfig& c, size_t ffn_width,
-                   size_t experts)
-      : x(n * c.hidden),
-        h(n * c.hidden),
-        y(n * c.hidden),
-        q(n * c.heads * c.head_dim),
-        k(n * c.kv_heads * c.head_dim),
-        v(n * c.kv_heads * c.head_dim),
-        attn(n * c.heads * c.head_dim),
-        g(n * ffn_width),
-        u(n * ffn_width),
-        router(n * std::max<size_t>(experts, 1)),
-        gathered(n * c.hidden),
-        expert_out(n * c.hidden),
-        gate1(n) {}
+  void Reserve(size_t n, const ModelConfig& c, size_t ffn_width,
+               size_t experts) {
+    if (n <= tokens) return;
+    tokens = n;
+    for (auto* b : {&x, &h, &y, &gathered, &expert_out}) b->resize(n * c.hidden);
+    q.resize(n * c.heads * c.head_dim);
+    attn.resize(n * c.heads * c.head_dim);
+    k.resize(n * c.kv_heads * c.head_dim);
+    v.resize(n * c.kv_heads * c.head_dim);
+    g.resize(n * ffn_width);
+    u.resize(n * ffn_width);
+    router.resize(n * std::max<size_t>(experts, 1));
+    gate1.resize(n);
+  }
+  size_t tokens = 0;
   std::vector<float> x, h, y, q, k, v, attn, g, u, router, gathered,
       expert_out, gate1;
 };
@@ -65,7 +66,8 @@ Model::Model(ModelConfig config, WeightMap weights, VectorMap vectors,
       vectors_(std::move(vectors)),
       final_norm_(nullptr),
       cache_(config_.layers.size(), config_.kv_heads, config_.head_dim,
-             context, kv_int8) {
+             context, kv_int8),
+      scratch_(std::make_unique<Scratch>()) {
   const ModelConfig& c = config_;
   if (c.hidden == 0 || c.heads == 0 || c.kv_heads == 0 || c.head_dim == 0 ||
       c.vocab == 0 || c.layers.empty()) {
@@ -223,7 +225,8 @@ void Model::ForwardChunk(const int32_t* ids, size_t n, float* logits,
     ffn_width = std::max(ffn_width, layer.ffn_width);
     experts = std::max(experts, layer.e_gate.size());
   }
-  Scratch s(n, c, ffn_width, experts);
+  Scratch& s = *scratch_;
+  s.Reserve(n, c, ffn_width, experts);
   float* x = s.x.data();
   for (size_t t = 0; t < n; ++t) {
     float* row = x + t * c.hidden;

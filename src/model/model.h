@@ -96,6 +96,7 @@ class Model {
   const std::vector<float>* final_norm_;
   std::vector<Layer> layers_;
   KvCache cache_;
+  std::unique_ptr<Scratch> scratch_;
   size_t position_ = 0;
 };
 
