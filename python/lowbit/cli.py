@@ -227,6 +227,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from lowbit.validate import format_report, validate
+
+    if not Path(args.out).is_dir():
+        raise UserError(f"{args.out}: no such model directory")
+    report = validate(
+        args.out,
+        args.baseline,
+        text_files=args.text,
+        tolerances=args.tolerances,
+        context=args.context,
+        max_tokens=args.tokens,
+        model_level=not args.weights_only,
+    )
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    elif not args.quiet:
+        print(format_report(report))
+    for v in report.violations:
+        print(f"lowbit validate: tolerance exceeded: {v}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+
+
 def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="model directory (from lowbit convert)")
     p.add_argument("-t", "--threads", type=positive_int, help="threads (default: all cores)")
@@ -292,6 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=positive_int, help="context length for the memory estimate")
     _add_output_flags(p)
     commands["inspect"] = _cmd_inspect
+
+    p = sub.add_parser("validate", help="measure what quantization cost, against PyTorch")
+    p.add_argument("out", help="model directory (from lowbit convert)")
+    p.add_argument("--baseline", required=True, help="the float checkpoint it was converted from")
+    p.add_argument(
+        "--text", action="append", help="evaluation text file (repeatable; default: the "
+        "English license texts in /usr/share/common-licenses)"
+    )  # fmt: skip
+    p.add_argument("--tolerances", help="TOML tolerances file (default: weight table only)")
+    p.add_argument("--context", type=positive_int, default=512, help="window length (512)")
+    p.add_argument("--tokens", type=positive_int, default=1024, help="tokens evaluated (1024)")
+    p.add_argument("--weights-only", action="store_true", help="skip the model-level comparison")
+    _add_output_flags(p)
+    commands["validate"] = _cmd_validate
 
     p = sub.add_parser("generate", help="generate text with a converted model")
     _add_runtime_flags(p)

@@ -336,7 +336,7 @@ def _convert(
     manifest = {
         "format_version": FORMAT_VERSION,
         "lowbit_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": model,
         "recipe": recipe.as_dict(),
         "packing": PACKING,
