@@ -17,7 +17,7 @@ File format (every table optional; unknown keys are errors)::
     max_kld_mean = 0.05
 
 Defaults: the reference documents' weight table (8-bit 2%, 4-bit 10%, 2-bit 20%,
-1-bit 50%), no model-level limits.
+1-bit 50%; float16/bfloat16 0.5%, float32 exact), no model-level limits.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_WEIGHT_REL_ERROR = {8: 0.02, 4: 0.10, 2: 0.20, 1: 0.50}
+# By stored bits: the reference documents' table, plus float16/bfloat16
+# (rounding: at most 2^-9 relative, bfloat16) and float32 (exact copies).
+DEFAULT_WEIGHT_REL_ERROR = {8: 0.02, 4: 0.10, 2: 0.20, 1: 0.50, 16: 0.005, 32: 1e-6}
 
 # model metric key -> (report field, "max" or "min")
 MODEL_LIMITS = {
