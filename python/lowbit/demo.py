@@ -1,8 +1,10 @@
 """``lowbit demo``: the main job, end to end, on the embedded default model.
 
 Imports SmolLM2-135M-Instruct from its PyPI package (once; cached), converts it
-with the ``q4`` preset, inspects the result, and prints what every scheme and
-method does to one of its real weight matrices.
+with the ``q4`` preset, inspects the result, prints what every scheme and
+method does to one of its real weight matrices, validates the converted model
+against PyTorch (weights and next-token distributions on the license texts),
+generates a short reply with lowbit's runtime, and prints a summary.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from lowbit.default_model import cache_dir, default_model_path
 from lowbit.inspect_model import format_report, inspect_model
 from lowbit.metrics import weight_error
 from lowbit.quantize import quantize
+from lowbit.runtime import load
 from lowbit.schemes import SCHEMES
+from lowbit.validate import format_report as format_validation
+from lowbit.validate import validate
+
+DEMO_PROMPT = "Write a haiku about autumn"
 
 # A real matrix for the error table: the first layer's FFN down projection.
 SAMPLE_WEIGHT = "model.layers.0.mlp.down_proj.weight"
@@ -52,8 +59,35 @@ def run(out: Path | None = None, preset: str = "q4", quiet: bool = False) -> dic
         "(the model was imported from a GGUF file whose matrices are Q4_1: they already sit "
         "on a 4-bit grid, which flatters 4-bit schemes)"
     )
-    say(f"\ndone in {time.perf_counter() - t0:.1f} s")
+    say("\nvalidating against PyTorch (the baseline's logits are cached after the first run)...")
+    validation = validate(out, src)
+    say(format_validation(validation))
+    say(f"\nlowbit generate {out.name} -p {DEMO_PROMPT!r} --chat -n 48")
+    model = load(out, context_length=512)
+    reply = model.generate(
+        DEMO_PROMPT, max_new_tokens=48, chat=True, on_text=None if quiet else _show
+    )
+    say("")
+    seconds = time.perf_counter() - t0
+    m = validation.model or {}
+    say(
+        f"\nsummary: {summary.output_bytes / 1e6:.0f} MB at "
+        f"{report.bits_per_weight:.2f} bits/weight; perplexity {m.get('ppl', 0):.2f} vs "
+        f"{m.get('ppl_baseline', 0):.2f} float32 ({m.get('delta_ppl_pct', 0):+.1f}%), mean KL "
+        f"{m.get('kld_mean', 0):.4f}, same top token {m.get('same_top', 0):.1%}; "
+        f"{reply.decode_tokens_per_second:.0f} tokens/s decoding; "
+        f"{'within' if validation.ok else 'OUTSIDE'} tolerance; done in {seconds:.1f} s"
+    )
     return {
+        "validation": validation.as_dict(),
+        "reply": {
+            "prompt": DEMO_PROMPT,
+            "text": reply.text,
+            "tokens": len(reply.tokens),
+            "decode_tokens_per_second": reply.decode_tokens_per_second,
+            "prefill_tokens_per_second": reply.prefill_tokens_per_second,
+        },
+        "seconds": seconds,
         "source": str(src),
         "out": str(out),
         "convert": summary.as_dict(),
@@ -63,6 +97,11 @@ def run(out: Path | None = None, preset: str = "q4", quiet: bool = False) -> dic
         "simd_target": _core.dispatched_target(),
         "threads": _core.num_threads(),
     }
+
+
+def _show(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
 
 
 def error_table(x: np.ndarray) -> list[dict[str, Any]]:

@@ -71,27 +71,27 @@ PRESETS: dict[str, Preset] = {
         Preset("q8", "int8 group 32 everywhere (per row where 32 does not fit)", _INT8_G32),
         Preset(
             "q4",
-            "int4 group 32 for linear layers; int8 embeddings and lm_head",
+            "int4 group 32 for linear layers; int8 group 32 embeddings and lm_head",
             _INT4,
-            {**_roles(EMBEDDINGS, _INT8), **_roles(ROUTERS, _F32)},
+            {**_roles(EMBEDDINGS, _INT8_G32), **_roles(ROUTERS, _F32)},
         ),
         Preset(
             "moe-q4",
             "int8 attention, int4 group-32 experts and FFNs, int8 embeddings and lm_head",
             _INT4,
-            {**_roles(ATTENTION, _INT8), **_roles(EMBEDDINGS, _INT8), **_roles(ROUTERS, _F32)},
+            {**_roles(ATTENTION, _INT8), **_roles(EMBEDDINGS, _INT8_G32), **_roles(ROUTERS, _F32)},
         ),
         Preset(
             "q2",
-            "uint2 group 32 (hqq) for linear layers; int8 embeddings and lm_head",
+            "uint2 group 32 (hqq) for linear layers; int8 group 32 embeddings and lm_head",
             Choice("uint2", 32, "hqq"),
-            {**_roles(EMBEDDINGS, _INT8), **_roles(ROUTERS, _F32)},
+            {**_roles(EMBEDDINGS, _INT8_G32), **_roles(ROUTERS, _F32)},
         ),
         Preset(
             "ternary",
-            "ternary per row for linear layers; int8 embeddings and lm_head",
+            "ternary per row for linear layers; int8 group 32 embeddings and lm_head",
             Choice("ternary"),
-            {**_roles(EMBEDDINGS, _INT8), **_roles(ROUTERS, _F32)},
+            {**_roles(EMBEDDINGS, _INT8_G32), **_roles(ROUTERS, _F32)},
         ),
         *(
             Preset(f"bits{b}", f"uint{b} per row with zero points everywhere", Choice(f"uint{b}"))
