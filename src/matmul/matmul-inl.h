@@ -32,6 +32,12 @@
 #include "quant/decode-inl.h"
 #include "quant/quant_params.h"
 
+// Loops over the compile-time tile sizes must be unrolled completely, or GCC
+// keeps the accumulator arrays in memory and stores them every iteration.
+#ifndef LOWBIT_UNROLL
+#define LOWBIT_UNROLL _Pragma("GCC unroll 16")
+#endif
+
 HWY_BEFORE_NAMESPACE();
 namespace lowbit {
 namespace HWY_NAMESPACE {
@@ -55,8 +61,10 @@ HWY_INLINE void ReadRowParams(const WeightView& w, size_t groups, size_t r,
 
 // One 16-byte block of kR rows (row i at in + i * in_stride) against kT
 // inputs (input t at xb + t * xstride, already offset to the block's first
-// column). seg: the group of each of the block's segments.
-template <int kBits, bool kAsym, size_t kR, size_t kT>
+// column). seg: the group of each of the block's segments. kScale: multiply
+// the codes by their group's scale here; otherwise the caller scales the
+// sums once per group.
+template <int kBits, bool kAsym, size_t kR, size_t kT, bool kScale>
 HWY_INLINE void GemvBlock(const uint8_t* HWY_RESTRICT in, size_t in_stride,
                           const uint32_t* HWY_RESTRICT seg,
                           const float* HWY_RESTRICT scale, size_t groups,
@@ -71,6 +79,7 @@ HWY_INLINE void GemvBlock(const uint8_t* HWY_RESTRICT in, size_t in_stride,
   // 16 bytes per block; N <= 16 on every target compiled here.
   for (size_t i = 0; i < kBlockBytes; i += N) {
     hn::Vec<DI> bytes[kR];
+    LOWBIT_UNROLL
     for (size_t r = 0; r < kR; ++r) {
       const uint8_t* p = in + r * in_stride + i;
       if (kSigned) {
@@ -81,12 +90,15 @@ HWY_INLINE void GemvBlock(const uint8_t* HWY_RESTRICT in, size_t in_stride,
         bytes[r] = hn::PromoteTo(di, hn::LoadU(hn::Rebind<uint8_t, DI>(), p));
       }
     }
+    LOWBIT_UNROLL
     for (int k = 0; k < kPer; ++k) {
       const uint32_t grp = seg[k];
       hn::Vec<DF> xv[kT];
+      LOWBIT_UNROLL
       for (size_t t = 0; t < kT; ++t) {
         xv[t] = hn::LoadU(d, xb + t * xstride + k * kBlockBytes + i);
       }
+      LOWBIT_UNROLL
       for (size_t r = 0; r < kR; ++r) {
         hn::Vec<DI> code = bytes[r];
         if (kBits != 8) {
@@ -94,8 +106,9 @@ HWY_INLINE void GemvBlock(const uint8_t* HWY_RESTRICT in, size_t in_stride,
           // The top field of a byte needs no mask.
           if (k != kPer - 1) code = hn::And(code, mask);
         }
-        const auto wv = hn::Mul(hn::ConvertTo(d, code),
-                                hn::Set(d, scale[r * groups + grp]));
+        auto wv = hn::ConvertTo(d, code);
+        if (kScale) wv = hn::Mul(wv, hn::Set(d, scale[r * groups + grp]));
+        LOWBIT_UNROLL
         for (size_t t = 0; t < kT; ++t) {
           acc[r][t] = hn::MulAdd(wv, xv[t], acc[r][t]);
         }
@@ -117,7 +130,39 @@ struct QuantGemv {
   const float* xsum;         // [n][groups] group sums of x
   float* out;                // [n][rows]
   size_t rows;
+  // Blocks per group when groups are whole blocks (or one group per row:
+  // all blocks of the row); 0 when a block spans several groups.
+  size_t group_blocks;
 };
+
+// Blocks [b0, b1) of rows r .. r + kR into acc; b1 may include the padded
+// last block, whose codes are copied aside (8-bit rows are stored unpadded)
+// and meet zeros in x.
+template <int kBits, bool kAsym, size_t kR, size_t kT, bool kScale>
+HWY_INLINE void GemvBlocks(const QuantGemv& q, const uint8_t* rows,
+                           const float* x, size_t b0, size_t b1,
+                           const float* HWY_RESTRICT scale,
+                           hn::Vec<DF> (&acc)[kR][kT]) {
+  constexpr int kPer = 8 / kBits;
+  constexpr size_t kCodes = kBlockBytes * kPer;
+  const size_t full = HWY_MIN(b1, q.cols / kCodes);
+  for (size_t b = b0; b < full; ++b) {
+    GemvBlock<kBits, kAsym, kR, kT, kScale>(
+        rows + b * kBlockBytes, q.row_bytes, q.seg_group + b * kPer, scale,
+        q.groups, x + b * kCodes, q.xstride, acc);
+  }
+  if (full < b1) {
+    HWY_ALIGN uint8_t block[kR * kBlockBytes] = {};
+    const size_t have = kBits == 8 ? q.cols - full * kCodes : kBlockBytes;
+    for (size_t i = 0; i < kR; ++i) {
+      std::memcpy(block + i * kBlockBytes,
+                  rows + i * q.row_bytes + full * kBlockBytes, have);
+    }
+    GemvBlock<kBits, kAsym, kR, kT, kScale>(
+        block, kBlockBytes, q.seg_group + full * kPer, scale, q.groups,
+        x + full * kCodes, q.xstride, acc);
+  }
+}
 
 // out[t, r .. r + kR) for tokens [t0, t0 + kT): scale[kR][groups] and
 // zero[kR][groups] hold the rows' parameters.
@@ -130,35 +175,46 @@ HWY_INLINE void QuantGemvTile(const QuantGemv& q, size_t r, size_t t0,
   const DF d;
   const size_t N = hn::Lanes(d);
   hn::Vec<DF> acc[kR][kT];
+  LOWBIT_UNROLL
   for (size_t i = 0; i < kR; ++i) {
+    LOWBIT_UNROLL
     for (size_t t = 0; t < kT; ++t) acc[i][t] = hn::Zero(d);
   }
   const uint8_t* rows = q.codes + r * q.row_bytes;
   const float* x = q.x + t0 * q.xstride;
-  const size_t full = q.cols / kCodes;
-  for (size_t b = 0; b < full; ++b) {
-    GemvBlock<kBits, kAsym, kR, kT>(rows + b * kBlockBytes, q.row_bytes,
-                                    q.seg_group + b * kPer, scale, q.groups,
-                                    x + b * kCodes, q.xstride, acc);
-  }
-  if (full * kCodes != q.cols) {
-    // The padded last block; 8-bit rows are stored unpadded, so copy only
-    // what is there. Padding codes meet zeros in x.
-    HWY_ALIGN uint8_t block[kR * kBlockBytes] = {};
-    const size_t have = kBits == 8 ? q.cols - full * kCodes : kBlockBytes;
-    for (size_t i = 0; i < kR; ++i) {
-      std::memcpy(block + i * kBlockBytes,
-                  rows + i * q.row_bytes + full * kBlockBytes, have);
+  const size_t blocks = (q.cols + kCodes - 1) / kCodes;
+  if (q.group_blocks == 0) {
+    GemvBlocks<kBits, kAsym, kR, kT, true>(q, rows, x, 0, blocks, scale, acc);
+  } else {
+    // Sum code * x over a group, then one multiply by its scale: a multiply
+    // per group instead of one per vector of codes.
+    for (size_t g = 0; g < q.groups; ++g) {
+      hn::Vec<DF> part[kR][kT];
+      LOWBIT_UNROLL
+      for (size_t i = 0; i < kR; ++i) {
+        LOWBIT_UNROLL
+        for (size_t t = 0; t < kT; ++t) part[i][t] = hn::Zero(d);
+      }
+      const size_t b0 = g * q.group_blocks;
+      const size_t b1 = g + 1 == q.groups ? blocks : b0 + q.group_blocks;
+      GemvBlocks<kBits, kAsym, kR, kT, false>(q, rows, x, b0, b1, scale, part);
+      LOWBIT_UNROLL
+      for (size_t i = 0; i < kR; ++i) {
+        const auto vs = hn::Set(d, scale[i * q.groups + g]);
+        LOWBIT_UNROLL
+        for (size_t t = 0; t < kT; ++t) {
+          acc[i][t] = hn::MulAdd(vs, part[i][t], acc[i][t]);
+        }
+      }
     }
-    GemvBlock<kBits, kAsym, kR, kT>(block, kBlockBytes,
-                                    q.seg_group + full * kPer, scale, q.groups,
-                                    x + full * kCodes, q.xstride, acc);
   }
   // Correction sum_g scale_g * zero_g * xsum_g, lanes over groups.
   const bool correct = kAsym || q.offset != 0.0f;
+  LOWBIT_UNROLL
   for (size_t i = 0; i < kR; ++i) {
     const float* s = scale + i * q.groups;
     const float* z = zero + i * q.groups;
+    LOWBIT_UNROLL
     for (size_t t = 0; t < kT; ++t) {
       auto total = acc[i][t];
       float tail = 0.0f;
@@ -229,6 +285,11 @@ void QuantGemvRowsT(const WeightView& w, const float* x, size_t xstride,
   q.xsum = xsum;
   q.out = out;
   q.rows = w.rows;
+  const size_t g = w.cols / q.groups;
+  constexpr size_t kCodes = kBlockBytes * 8 / kBits;
+  q.group_blocks = q.groups == 1 ? (w.cols + kCodes - 1) / kCodes
+                   : g % kCodes == 0 ? g / kCodes
+                                     : 0;
   std::vector<float> scale(kGemvRows * q.groups), zero(kGemvRows * q.groups);
   size_t r = r0;
   for (; r + kGemvRows <= r1; r += kGemvRows) {
@@ -251,21 +312,28 @@ HWY_INLINE void FloatGemvTile(const T* HWY_RESTRICT wr, size_t cols,
   const DF d;
   const size_t N = hn::Lanes(d);
   hn::Vec<DF> acc[kR][kT];
+  LOWBIT_UNROLL
   for (size_t i = 0; i < kR; ++i) {
+    LOWBIT_UNROLL
     for (size_t t = 0; t < kT; ++t) acc[i][t] = hn::Zero(d);
   }
   size_t c = 0;
   for (; c + N <= cols; c += N) {
     hn::Vec<DF> xv[kT];
+    LOWBIT_UNROLL
     for (size_t t = 0; t < kT; ++t) xv[t] = hn::LoadU(d, x + t * xstride + c);
+    LOWBIT_UNROLL
     for (size_t i = 0; i < kR; ++i) {
       const auto wv = LoadF32(d, wr + i * cols + c);
+      LOWBIT_UNROLL
       for (size_t t = 0; t < kT; ++t) {
         acc[i][t] = hn::MulAdd(wv, xv[t], acc[i][t]);
       }
     }
   }
+  LOWBIT_UNROLL
   for (size_t i = 0; i < kR; ++i) {
+    LOWBIT_UNROLL
     for (size_t t = 0; t < kT; ++t) {
       float tail = 0.0f;
       for (size_t k = c; k < cols; ++k) {
@@ -363,6 +431,7 @@ HWY_INLINE void GemmTile(const float* HWY_RESTRICT panel, size_t cols,
   const DF d;
   const size_t N = hn::Lanes(d);
   hn::Vec<DF> acc0[kT], acc1[kT];
+  LOWBIT_UNROLL
   for (size_t t = 0; t < kT; ++t) {
     acc0[t] = hn::Zero(d);
     acc1[t] = hn::Zero(d);
@@ -370,6 +439,7 @@ HWY_INLINE void GemmTile(const float* HWY_RESTRICT panel, size_t cols,
   for (size_t c = 0; c < cols; ++c) {
     const auto w0 = hn::Load(d, panel + c * 2 * N);
     const auto w1 = hn::Load(d, panel + c * 2 * N + N);
+    LOWBIT_UNROLL
     for (size_t t = 0; t < kT; ++t) {
       const auto xb = hn::Set(d, x[t * xstride + c]);
       acc0[t] = hn::MulAdd(w0, xb, acc0[t]);
@@ -377,6 +447,7 @@ HWY_INLINE void GemmTile(const float* HWY_RESTRICT panel, size_t cols,
     }
   }
   if (valid == 2 * N) {
+    LOWBIT_UNROLL
     for (size_t t = 0; t < kT; ++t) {
       hn::StoreU(acc0[t], d, out + t * out_stride);
       hn::StoreU(acc1[t], d, out + t * out_stride + N);
@@ -384,6 +455,7 @@ HWY_INLINE void GemmTile(const float* HWY_RESTRICT panel, size_t cols,
     return;
   }
   HWY_ALIGN float lanes[2 * hn::MaxLanes(d)];
+  LOWBIT_UNROLL
   for (size_t t = 0; t < kT; ++t) {
     hn::Store(acc0[t], d, lanes);
     hn::Store(acc1[t], d, lanes + N);
