@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "hwy/aligned_allocator.h"
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "matmul/matmul.h"
 #include "quant/decode-inl.h"
@@ -147,6 +148,14 @@ HWY_INLINE void GemvBlocks(const QuantGemv& q, const uint8_t* rows,
   constexpr size_t kCodes = kBlockBytes * kPer;
   const size_t full = HWY_MIN(b1, q.cols / kCodes);
   for (size_t b = b0; b < full; ++b) {
+    // The next tile's rows, one 64-byte line each per 4 blocks: rows of a few
+    // KiB are single pages, where hardware prefetchers would start cold.
+    if (b % 4 == 0) {
+      LOWBIT_UNROLL
+      for (size_t i = 0; i < kR; ++i) {
+        hwy::Prefetch(rows + (kR + i) * q.row_bytes + b * kBlockBytes);
+      }
+    }
     GemvBlock<kBits, kAsym, kR, kT, kScale>(
         rows + b * kBlockBytes, q.row_bytes, q.seg_group + b * kPer, scale,
         q.groups, x + b * kCodes, q.xstride, acc);
@@ -319,6 +328,9 @@ HWY_INLINE void FloatGemvTile(const T* HWY_RESTRICT wr, size_t cols,
   }
   size_t c = 0;
   for (; c + N <= cols; c += N) {
+    // The next tile's rows (see GemvBlocks).
+    LOWBIT_UNROLL
+    for (size_t i = 0; i < kR; ++i) hwy::Prefetch(wr + (kR + i) * cols + c);
     hn::Vec<DF> xv[kT];
     LOWBIT_UNROLL
     for (size_t t = 0; t < kT; ++t) xv[t] = hn::LoadU(d, x + t * xstride + c);

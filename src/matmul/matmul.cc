@@ -37,10 +37,12 @@ constexpr size_t kGemmGrain = 32;
 // lets every format read whole blocks of x.
 constexpr size_t kMaxBlockCodes = 128;
 
-// GEMV rows per task: about 64 Ki weights, a multiple of the 4-row tile.
+// GEMV rows per task: at least 1 Mi weights (about 100 us of work), a
+// multiple of the 4-row tile. Waking a pool thread costs tens of
+// microseconds, so smaller matrices run on the calling thread alone.
 size_t GemvGrain(size_t cols) {
-  const size_t rows = (size_t{1} << 16) / std::max<size_t>(1, cols);
-  return std::max<size_t>(4, rows / 4 * 4);
+  const size_t rows = (size_t{1} << 20) / std::max<size_t>(1, cols);
+  return std::max<size_t>(4, (rows + 3) / 4 * 4);
 }
 
 void Gemv(const WeightView& w, const float* x, size_t n, float* out) {
