@@ -48,10 +48,11 @@ def test_matmul_bad_input(rng):
         qt.matmul(np.zeros((2, 64), np.float64))
 
 
-# Both kernels of MatMul on every scheme: n <= 4 runs the fused GEMV (codes
-# decoded in registers), larger n the panel GEMM. Rows are odd (tiles of 4
-# rows and panels of 2 vectors leave remainders); cols leave a partial last
-# block (8-bit blocks hold 16 codes, 4-bit 32, 2-bit 64, 1-bit 128).
+# Both kernels of MatMul on every scheme: up to 16 tokens (8 for float
+# weights) run the fused GEMV (codes decoded in registers, 4 tokens per pass),
+# more the panel GEMM. Rows are odd (tiles of 4 rows and panels of 2 vectors
+# leave remainders); cols leave a partial last block (8-bit blocks hold 16
+# codes, 4-bit 32, 2-bit 64, 1-bit 128).
 MATMUL_NS = [1, 2, 3, 5, 8, 17, 64, 130]
 MATMUL_ROWS = 67
 # (scheme, method, group_size, cols)
@@ -127,7 +128,7 @@ def test_matmul_kernels_every_scheme(
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4", "uint4", "uint1", "f16"])
-@pytest.mark.parametrize("n", [1, 4, 130])
+@pytest.mark.parametrize("n", [1, 4, 9, 130])
 def test_matmul_thread_count_many_tasks(scheme: str, n: int, rng: np.random.Generator) -> None:
     # Enough rows that both kernels split them into several tasks.
     w = rng.standard_normal((1031, 208)).astype(np.float32)

@@ -192,7 +192,10 @@ HWY_INLINE void QuantGemvTile(const QuantGemv& q, size_t r, size_t t0,
   const uint8_t* rows = q.codes + r * q.row_bytes;
   const float* x = q.x + t0 * q.xstride;
   const size_t blocks = (q.cols + kCodes - 1) / kCodes;
-  if (q.group_blocks == 0) {
+  // Per-group sums need a second set of kR x kT accumulators: with more than
+  // two tokens they would spill, and the per-vector scale multiply is shared
+  // by the tokens anyway.
+  if (q.group_blocks == 0 || (kT > 2 && q.groups > 1)) {
     GemvBlocks<kBits, kAsym, kR, kT, true>(q, rows, x, 0, blocks, scale, acc);
   } else {
     // Sum code * x over a group, then one multiply by its scale: a multiply
@@ -492,10 +495,16 @@ void GemmRowsT(Rows& source, size_t rows, size_t cols, const float* x,
       std::memset(row_buf.get() + valid * cols, 0,
                   (kPanel - valid) * cols * sizeof(float));
     }
-    // Transpose to column-major: one aligned pair of vectors per column.
-    for (size_t c = 0; c < cols; ++c) {
-      float* dst = panel.get() + c * kPanel;
-      for (size_t i = 0; i < kPanel; ++i) dst[i] = row_buf[i * cols + c];
+    // Transpose to column-major (one aligned pair of vectors per column) in
+    // blocks of 16 columns: each row is read a 64-byte line at a time and
+    // the block's writes (2 KiB at most) stay in L1.
+    constexpr size_t kColBlock = 16;
+    for (size_t c0 = 0; c0 < cols; c0 += kColBlock) {
+      const size_t c1 = HWY_MIN(cols, c0 + kColBlock);
+      for (size_t i = 0; i < kPanel; ++i) {
+        const float* src = row_buf.get() + i * cols;
+        for (size_t c = c0; c < c1; ++c) panel[c * kPanel + i] = src[c];
+      }
     }
     size_t t0 = 0;
     for (; t0 + kGemmTokens <= n; t0 += kGemmTokens) {
