@@ -119,6 +119,17 @@ void BindWeight(py::module_& m) {
       .def("matmul", &MatMulPy, "x"_a,
            "x @ W.T for float32 x [n, cols]; float32 [n, rows].")
       .def("row", &RowPy, "r"_a, "Row r of W as float32.");
+
+  m.def(
+      "sum_floats",
+      [](const py::array_t<float, py::array::c_style>& x) {
+        const float* data = x.data();
+        const size_t n = x.size();
+        py::gil_scoped_release release;
+        return SumFloats(data, n);
+      },
+      "x"_a,
+      "Sum of a float32 array on all threads: a memory read-bandwidth probe.");
 }
 
 }  // namespace lowbit

@@ -44,6 +44,11 @@ void MatMul(const WeightView& w, const float* x, size_t n, float* out);
 // Row r of W as float32 into out[0, cols): an embedding lookup.
 void WeightRow(const WeightView& w, size_t r, float* out);
 
+// Sum of x[0, n) on all threads: a plain read of memory, the bandwidth
+// reference that benchmarks hold the GEMV kernels against. The result does
+// not depend on the thread count.
+double SumFloats(const float* x, size_t n);
+
 }  // namespace lowbit
 
 #endif  // LOWBIT_MATMUL_MATMUL_H_

@@ -18,6 +18,7 @@
 #include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
+#include "quant/decode-inl.h"
 #include "quant/quant_params.h"
 #include "util/errors.h"
 #include "util/float16.h"
@@ -35,34 +36,6 @@
 HWY_BEFORE_NAMESPACE();
 namespace lowbit {
 namespace HWY_NAMESPACE {
-
-namespace hn = hwy::HWY_NAMESPACE;
-using DF = hn::ScalableTag<float>;
-using DI = hn::RebindToSigned<DF>;
-
-// ---------------------------------------------------------------- loading
-
-HWY_INLINE float ToF32(float v) { return v; }
-HWY_INLINE float ToF32(hwy::float16_t v) {
-  uint16_t bits;
-  std::memcpy(&bits, &v, sizeof(bits));
-  return F32FromF16Bits(bits);
-}
-HWY_INLINE float ToF32(hwy::bfloat16_t v) {
-  uint16_t bits;
-  std::memcpy(&bits, &v, sizeof(bits));
-  return F32FromBF16Bits(bits);
-}
-
-HWY_INLINE hn::Vec<DF> LoadF32(DF d, const float* HWY_RESTRICT p) {
-  return hn::LoadU(d, p);
-}
-HWY_INLINE hn::Vec<DF> LoadF32(DF d, const hwy::float16_t* HWY_RESTRICT p) {
-  return hn::PromoteTo(d, hn::LoadU(hn::Rebind<hwy::float16_t, DF>(), p));
-}
-HWY_INLINE hn::Vec<DF> LoadF32(DF d, const hwy::bfloat16_t* HWY_RESTRICT p) {
-  return hn::PromoteTo(d, hn::LoadU(hn::Rebind<hwy::bfloat16_t, DF>(), p));
-}
 
 // Round half to even, clamped to [lo, hi]; the clamp comes first so that no
 // value can overflow the int32 conversion (the result is the same).
@@ -437,21 +410,6 @@ HWY_INLINE GroupQ FindParams(const QuantParams& p, const T* x, size_t len,
 
 // ---------------------------------------------------------------- codes
 
-// A segment is 16 consecutive codes of a row, the unit that one shift + AND
-// unpacks; group sizes are multiples of 16, so a segment lies in one group.
-// seg_group[s] is the group of segment s (padding segments: the last group).
-inline std::vector<uint32_t> SegmentGroups(size_t cols, size_t g, int bits) {
-  const size_t codes_per_block = bits == 8 ? kBlockBytes : CodesPerBlock(bits);
-  const size_t padded = (cols + codes_per_block - 1) / codes_per_block *
-                        codes_per_block;
-  const size_t last = cols / g - 1;
-  std::vector<uint32_t> seg_group(padded / kBlockBytes);
-  for (size_t seg = 0; seg < seg_group.size(); ++seg) {
-    seg_group[seg] = static_cast<uint32_t>(HWY_MIN(seg * kBlockBytes / g, last));
-  }
-  return seg_group;
-}
-
 // Encodes one 16-byte block from the values xb[0 .. 16 * 8 / kBits); seg
 // holds the group index of each of the block's segments.
 template <int kBits, bool kAsym, typename TT>
@@ -516,77 +474,6 @@ HWY_INLINE void EncodeRow(const QuantParams& p, const T* HWY_RESTRICT row,
   }
 }
 
-// Stores of dequantized rows: non-temporal when the output is far larger
-// than the caches, so writing it costs no read of the old contents.
-template <bool kStream>
-HWY_INLINE void StoreOut(hn::Vec<DF> v, DF d, float* HWY_RESTRICT p) {
-  if (kStream) {
-    hn::Stream(v, d, p);
-  } else {
-    hn::StoreU(v, d, p);
-  }
-}
-
-template <int kBits, bool kAsym, bool kStream>
-HWY_INLINE void DecodeBlock(const uint8_t* HWY_RESTRICT in,
-                            const uint32_t* HWY_RESTRICT seg,
-                            const float* HWY_RESTRICT scale,
-                            const float* HWY_RESTRICT zero,
-                            float* HWY_RESTRICT out) {
-  constexpr int kPer = 8 / kBits;
-  constexpr bool kSigned = kBits == 8 && !kAsym;
-  const DF d;
-  const DI di;
-  const size_t N = hn::Lanes(d);
-  const auto mask = hn::Set(di, (1 << kBits) - 1);
-  for (size_t i = 0; i < kBlockBytes; i += N) {
-    hn::Vec<DI> bytes;
-    if (kSigned) {
-      bytes = hn::PromoteTo(
-          di, hn::LoadU(hn::Rebind<int8_t, DI>(),
-                        reinterpret_cast<const int8_t*>(in) + i));
-    } else {
-      bytes = hn::PromoteTo(di, hn::LoadU(hn::Rebind<uint8_t, DI>(), in + i));
-    }
-    for (int k = 0; k < kPer; ++k) {
-      const uint32_t grp = seg[k];
-      const auto code =
-          kBits == 8 ? bytes
-                     : hn::And(hn::ShiftRightSame(bytes, k * kBits), mask);
-      const auto y = hn::Mul(hn::Sub(hn::ConvertTo(d, code),
-                                     hn::Set(d, zero[grp])),
-                             hn::Set(d, scale[grp]));
-      StoreOut<kStream>(y, d, out + k * kBlockBytes + i);
-    }
-  }
-}
-
-// zero: per-group zero points, or the constant code offset for symmetric
-// schemes (x^ = scale * (code - offset)).
-template <int kBits, bool kAsym, bool kStream>
-HWY_INLINE void DecodeRow(const uint8_t* HWY_RESTRICT in, size_t cols,
-                          const uint32_t* seg_group, const float* scale,
-                          const float* zero, float* HWY_RESTRICT out) {
-  constexpr int kPer = 8 / kBits;
-  constexpr size_t kCodes = kBlockBytes * kPer;
-  const size_t full = cols / kCodes;
-  for (size_t b = 0; b < full; ++b) {
-    DecodeBlock<kBits, kAsym, kStream>(in + b * kBlockBytes,
-                                       seg_group + b * kPer, scale, zero,
-                                       out + b * kCodes);
-  }
-  const size_t rest = cols - full * kCodes;
-  if (rest != 0) {
-    HWY_ALIGN uint8_t block[kBlockBytes] = {};
-    std::memcpy(block, in + full * kBlockBytes,
-                kBits == 8 ? rest : kBlockBytes);
-    HWY_ALIGN float padded[kCodes];
-    DecodeBlock<kBits, kAsym, false>(block, seg_group + full * kPer, scale,
-                                     zero, padded);
-    std::memcpy(out + full * kCodes, padded, rest * sizeof(float));
-  }
-}
-
 // Stores a row's parameters: float16 bits for groups, float32 per row. The
 // values are already float16-exact, so any float16 conversion is exact here.
 HWY_INLINE void WriteParams(const QuantParams& p, const float* HWY_RESTRICT src,
@@ -605,17 +492,6 @@ HWY_INLINE void WriteParams(const QuantParams& p, const float* HWY_RESTRICT src,
                reinterpret_cast<hwy::float16_t*>(out + i));
   }
   for (; i < n; ++i) out[i] = F16BitsFromF32(src[i]);
-}
-
-HWY_INLINE void ReadParams(const QuantParams& p, const void* HWY_RESTRICT src,
-                           size_t offset, size_t n, float* HWY_RESTRICT dst) {
-  if (!p.f16_params) {
-    std::memcpy(dst, static_cast<const float*>(src) + offset,
-                n * sizeof(float));
-    return;
-  }
-  const uint16_t* in = static_cast<const uint16_t*>(src) + offset;
-  for (size_t i = 0; i < n; ++i) dst[i] = F32FromF16Bits(in[i]);
 }
 
 // ---------------------------------------------------------------- rows
@@ -670,47 +546,6 @@ void QuantizeRowsT(const T* HWY_RESTRICT x, size_t r0, size_t r1, size_t cols,
                             zero.data(), codes + r * row_bytes);
   }
 }
-
-// Decodes rows of a quantized matrix into float32: the per-matrix tables
-// (segment -> group, and the fixed zero point of symmetric schemes) are made
-// once, each row's scales and zero points read as the row is decoded.
-template <int kBits, bool kAsym>
-class RowDecoder {
- public:
-  RowDecoder(const uint8_t* HWY_RESTRICT codes, const void* HWY_RESTRICT scales,
-             const void* HWY_RESTRICT zeros, size_t cols, const QuantParams& p)
-      : codes_(codes),
-        scales_(scales),
-        zeros_(zeros),
-        cols_(cols),
-        p_(p),
-        groups_(cols / (p.group_size == 0 ? cols : p.group_size)),
-        row_bytes_(RowBytes(cols, kBits)),
-        seg_group_(SegmentGroups(cols, cols / groups_, kBits)),
-        scale_(groups_),
-        zero_(groups_, kAsym ? 0.0f : static_cast<float>(p.code_offset)) {}
-
-  // Row r of the matrix into out[0, cols); kStream: non-temporal stores.
-  template <bool kStream = false>
-  void Decode(size_t r, float* HWY_RESTRICT out) {
-    ReadParams(p_, scales_, r * groups_, groups_, scale_.data());
-    if (kAsym) ReadParams(p_, zeros_, r * groups_, groups_, zero_.data());
-    DecodeRow<kBits, kAsym, kStream>(codes_ + r * row_bytes_, cols_,
-                                     seg_group_.data(), scale_.data(),
-                                     zero_.data(), out);
-  }
-
- private:
-  const uint8_t* codes_;
-  const void* scales_;
-  const void* zeros_;
-  size_t cols_;
-  const QuantParams& p_;
-  size_t groups_;
-  size_t row_bytes_;
-  std::vector<uint32_t> seg_group_;
-  std::vector<float> scale_, zero_;
-};
 
 template <int kBits, bool kAsym>
 void DequantizeRowsT(const uint8_t* HWY_RESTRICT codes,
@@ -774,66 +609,6 @@ void ErrorRowsT(const T* HWY_RESTRICT x, const uint8_t* HWY_RESTRICT codes,
   }
 }
 
-// Rows [r0, r1) of out = x W^T: each row of W decoded once into a buffer,
-// then dotted with every input row. Lanes accumulate in float32 and are
-// reduced in a fixed order, so results do not depend on the thread count.
-template <int kBits, bool kAsym>
-void MatmulRowsT(const float* HWY_RESTRICT x, size_t n,
-                 const uint8_t* HWY_RESTRICT codes,
-                 const void* HWY_RESTRICT scales,
-                 const void* HWY_RESTRICT zeros, size_t r0, size_t r1,
-                 size_t cols, const QuantParams& p, float* HWY_RESTRICT out,
-                 size_t rows) {
-  RowDecoder<kBits, kAsym> decoder(codes, scales, zeros, cols, p);
-  std::vector<float> w(cols);
-  const DF d;
-  const size_t N = hn::Lanes(d);
-  for (size_t r = r0; r < r1; ++r) {
-    decoder.Decode(r, w.data());
-    for (size_t t = 0; t < n; ++t) {
-      const float* xt = x + t * cols;
-      auto acc0 = hn::Zero(d);
-      auto acc1 = hn::Zero(d);
-      size_t i = 0;
-      for (; i + 2 * N <= cols; i += 2 * N) {
-        acc0 = hn::MulAdd(hn::LoadU(d, w.data() + i), hn::LoadU(d, xt + i),
-                          acc0);
-        acc1 = hn::MulAdd(hn::LoadU(d, w.data() + i + N),
-                          hn::LoadU(d, xt + i + N), acc1);
-      }
-      for (; i + N <= cols; i += N) {
-        acc0 = hn::MulAdd(hn::LoadU(d, w.data() + i), hn::LoadU(d, xt + i),
-                          acc0);
-      }
-      float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(acc0, acc1)));
-      for (; i < cols; ++i) sum += w[i] * xt[i];
-      out[t * rows + r] = sum;
-    }
-  }
-}
-
-// The (bits, asymmetric) pairs of the schemes, as template arguments.
-template <int kBitsArg, bool kAsymArg>
-struct Layout {
-  static constexpr int kBits = kBitsArg;
-  static constexpr bool kAsym = kAsymArg;
-};
-
-template <class Visitor>
-HWY_INLINE void VisitLayout(const QuantParams& p, const Visitor& visit) {
-  const bool asym = p.asymmetric();
-  switch (p.bits) {
-    case 8:
-      return asym ? visit(Layout<8, true>()) : visit(Layout<8, false>());
-    case 4:
-      return asym ? visit(Layout<4, true>()) : visit(Layout<4, false>());
-    case 2:
-      return asym ? visit(Layout<2, true>()) : visit(Layout<2, false>());
-    case 1:
-      return visit(Layout<1, true>());
-  }
-}
-
 void QuantizeRows(const void* x, DType dtype, size_t r0, size_t r1,
                   size_t cols, const QuantParams& p, uint8_t* codes,
                   void* scales, void* zeros, ErrorSink* errors) {
@@ -888,19 +663,6 @@ void ErrorRows(const void* x, DType dtype, const uint8_t* codes,
             static_cast<const hwy::bfloat16_t*>(x), codes, scales, zeros, r0,
             r1, cols, p, signal, noise);
     }
-  });
-}
-
-// rows: all rows of W, the row stride of out ([n, rows]); [r0, r1): this
-// call's share of them.
-void MatmulRows(const float* x, size_t n, const uint8_t* codes,
-                const void* scales, const void* zeros, size_t rows, size_t r0,
-                size_t r1, size_t cols, const QuantParams& p, float* out) {
-  VisitLayout(p, [&](auto layout) {
-    constexpr int kBits = decltype(layout)::kBits;
-    constexpr bool kAsym = decltype(layout)::kAsym;
-    MatmulRowsT<kBits, kAsym>(x, n, codes, scales, zeros, r0, r1, cols, p,
-                              out, rows);
   });
 }
 

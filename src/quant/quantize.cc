@@ -19,7 +19,6 @@ HWY_EXPORT(DequantizeRows);
 HWY_EXPORT(CastRange);
 HWY_EXPORT(KernelTarget);
 HWY_EXPORT(ErrorRows);
-HWY_EXPORT(MatmulRows);
 
 namespace {
 
@@ -65,16 +64,6 @@ void ReconstructionError(const void* x, DType dtype, const uint8_t* codes,
       rows, RowGrain(cols), [&](size_t begin, size_t end) {
         HWY_DYNAMIC_DISPATCH(ErrorRows)(x, dtype, codes, scales, zeros, begin,
                                         end, cols, p, signal, noise);
-      });
-}
-
-void QuantizedMatmul(const float* x, size_t n, const uint8_t* codes,
-                     const void* scales, const void* zeros, size_t rows,
-                     size_t cols, const QuantParams& p, float* out) {
-  ThreadPool::Global().ParallelFor(
-      rows, RowGrain(cols), [&](size_t begin, size_t end) {
-        HWY_DYNAMIC_DISPATCH(MatmulRows)(x, n, codes, scales, zeros, rows,
-                                         begin, end, cols, p, out);
       });
 }
 

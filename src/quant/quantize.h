@@ -34,14 +34,6 @@ void ReconstructionError(const void* x, DType dtype, const uint8_t* codes,
                          size_t cols, const QuantParams& p, double* signal,
                          double* noise);
 
-// out[t, r] = sum_c x[t, c] * W[r, c] for float32 x [n, cols] and the
-// quantized W [rows, cols] (laid out as above); out is [n, rows]. Each row of
-// W is decoded once into a buffer and dotted with all n inputs; threads split
-// the rows. Summation order is fixed, so results do not depend on threads.
-void QuantizedMatmul(const float* x, size_t n, const uint8_t* codes,
-                     const void* scales, const void* zeros, size_t rows,
-                     size_t cols, const QuantParams& p, float* out);
-
 // Converts n elements between float32, float16 and bfloat16, rounding to
 // nearest even. Reports NaN/Inf inputs and values that overflow the output.
 void CastArray(const void* in, DType in_type, size_t n, void* out,
