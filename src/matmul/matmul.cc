@@ -40,11 +40,11 @@ constexpr size_t kGemmGrain = 32;
 // lets every format read whole blocks of x.
 constexpr size_t kMaxBlockCodes = 128;
 
-// GEMV rows per task: at least 1 Mi weights (about 100 us of work), a
-// multiple of the 4-row tile. Waking a pool thread costs tens of
-// microseconds, so smaller matrices run on the calling thread alone.
+// GEMV rows per task: at least 128 Ki weights (about 10 us of work), a
+// multiple of the 4-row tile. Pool threads spin briefly between loops, so
+// handing them work costs about a microsecond while a forward pass runs.
 size_t GemvGrain(size_t cols) {
-  const size_t rows = (size_t{1} << 20) / std::max<size_t>(1, cols);
+  const size_t rows = (size_t{1} << 17) / std::max<size_t>(1, cols);
   return std::max<size_t>(4, (rows + 3) / 4 * 4);
 }
 

@@ -51,10 +51,11 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
-  uint64_t generation_ = 0;
-  bool stopping_ = false;
+  // Written under mutex_; atomic so that spinning threads can watch them.
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stopping_{false};
   size_t participants_ = 0;  // workers taking part in this generation
-  size_t finished_ = 0;
+  std::atomic<size_t> finished_{0};
 
   const RangeFn* fn_ = nullptr;
   size_t n_ = 0;
