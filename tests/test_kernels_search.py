@@ -61,7 +61,7 @@ def test_search_agrees_with_reference(scheme, gs, method, simd_target):
 # uint4/32 mse 0.96 and hqq 0.89, uint4/row mse 0.63 and hqq 0.92, uint2/64 mse
 # 0.49 and hqq 0.59, uint1/row mse 0.27 and hqq 0.02, ternary mse 0.84.
 MARGINS = [
-    ("int4", 32, "mse", 0.90),
+    ("int4", 32, "mse", 0.96),  # rtn already uses all 16 levels (signed extreme on -8)
     ("int4", None, "mse", 0.70),
     ("uint4", 32, "mse", 0.99),
     ("uint4", 32, "hqq", 0.93),

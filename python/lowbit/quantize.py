@@ -15,6 +15,7 @@ _RULES = {
     "absmax": _core.ScaleRule.ABSMAX,
     "meanabs": _core.ScaleRule.MEANABS,
     "minmax": _core.ScaleRule.MINMAX,
+    "signedmax": _core.ScaleRule.SIGNEDMAX,
 }
 _FLOAT_FORMATS = {
     "f32": _core.WeightFormat.F32,

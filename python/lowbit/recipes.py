@@ -79,7 +79,7 @@ PRESETS: dict[str, Preset] = {
             "moe-q4",
             "int8 attention, int4 group-32 experts and FFNs, int8 embeddings and lm_head",
             _INT4,
-            {**_roles(ATTENTION, _INT8), **_roles(EMBEDDINGS, _INT8_G32), **_roles(ROUTERS, _F32)},
+            {**_roles(ATTENTION, _INT8), **_roles(EMBEDDINGS, _INT8), **_roles(ROUTERS, _F32)},
         ),
         Preset(
             "q2",

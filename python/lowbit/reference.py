@@ -44,6 +44,11 @@ def _params(s: Scheme, xg: np.ndarray, f16: bool, ratio: np.float32) -> Params:
     if s.rule == "absmax":
         scale = _store((np.abs(xg).max(axis=1) * ratio) / F32(s.scale_divisor), f16)
         return scale, _inverse(scale), np.zeros_like(scale)
+    if s.rule == "signedmax":
+        mn, mx = xg.min(axis=1), xg.max(axis=1)
+        extreme = np.where(-mn > mx, mn, mx)
+        scale = _store((extreme * ratio) / F32(s.scale_divisor), f16)
+        return scale, _inverse(scale), np.zeros_like(scale)
     if s.rule == "meanabs":
         mean = (np.abs(xg.astype(np.float64)).sum(axis=1) / xg.shape[1]).astype(F32)
         scale = _store(mean * ratio, f16)

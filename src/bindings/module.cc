@@ -263,7 +263,8 @@ PYBIND11_MODULE(_core, m) {
   py::enum_<ScaleRule>(m, "ScaleRule")
       .value("ABSMAX", ScaleRule::kAbsMax)
       .value("MEANABS", ScaleRule::kMeanAbs)
-      .value("MINMAX", ScaleRule::kMinMax);
+      .value("MINMAX", ScaleRule::kMinMax)
+      .value("SIGNEDMAX", ScaleRule::kSignedMax);
   py::enum_<Method>(m, "Method")
       .value("RTN", Method::kRtn)
       .value("MSE", Method::kMse)

@@ -19,6 +19,11 @@ enum class ScaleRule : int32_t {
   kAbsMax = 0,   // symmetric: scale = max|x| / scale_divisor
   kMeanAbs = 1,  // symmetric: scale = mean|x| (ternary, BitNet b1.58)
   kMinMax = 2,   // asymmetric: scale = (max - min) / qmax, zero = -min/scale
+  // symmetric: scale = e / scale_divisor, where e is the group's value of
+  // largest magnitude, sign kept (the larger of max and -min; max on a tie)
+  // and scale_divisor = qmin: e lands exactly on qmin, so all 2^bits levels
+  // are used, as llama.cpp's Q4_0 does (int4).
+  kSignedMax = 3,
 };
 
 enum class Method : int32_t {
@@ -37,7 +42,7 @@ struct QuantParams {
   int32_t code_offset = 0;    // stored code = q + code_offset (symmetric)
   bool is_signed = true;      // 8-bit codes stored as int8 rather than uint8
   ScaleRule rule = ScaleRule::kAbsMax;
-  float scale_divisor = 127;  // for kAbsMax
+  float scale_divisor = 127;  // for kAbsMax and kSignedMax
   Method method = Method::kRtn;
   size_t group_size = 0;      // 0: one group per row
   bool f16_params = false;    // scales and zero points rounded to float16

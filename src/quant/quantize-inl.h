@@ -210,6 +210,11 @@ HWY_INLINE hn::Vec<DF> Inverse(DF d, hn::Vec<DF> scale) {
   return hn::IfThenZeroElse(is_zero, hn::Div(hn::Set(d, 1.0f), safe));
 }
 
+// kSignedMax: the group's value of largest magnitude, sign kept.
+HWY_INLINE float SignedExtreme(float mn, float mx) {
+  return -mn > mx ? mn : mx;
+}
+
 // rtn parameters of all groups of a row from their statistics, the same
 // arithmetic as FromScale / FromRange lane by lane. gmin is unused for
 // kAbsMax (gmax holds max |x|). Returns false if a parameter overflows.
@@ -230,6 +235,14 @@ HWY_INLINE bool RtnParamsRow(const QuantParams& p, const float* gmin,
     }
     for (; i < groups; ++i) {
       const GroupQ q = FromScale(p, gmax[i] / p.scale_divisor);
+      scale[i] = q.scale;
+      inv[i] = q.inv;
+      zero[i] = q.zero;
+    }
+  } else if (p.rule == ScaleRule::kSignedMax) {
+    for (; i < groups; ++i) {
+      const GroupQ q =
+          FromScale(p, SignedExtreme(gmin[i], gmax[i]) / p.scale_divisor);
       scale[i] = q.scale;
       inv[i] = q.inv;
       zero[i] = q.zero;
@@ -275,6 +288,9 @@ HWY_INLINE GroupQ RtnParams(const QuantParams& p, const T* x, size_t len,
   switch (p.rule) {
     case ScaleRule::kAbsMax:
       return FromScale(p, (st.absmax * ratio) / p.scale_divisor);
+    case ScaleRule::kSignedMax:
+      return FromScale(p, (SignedExtreme(st.min, st.max) * ratio) /
+                              p.scale_divisor);
     case ScaleRule::kMeanAbs:
       return FromScale(p, MeanAbs(x, len) * ratio);
     case ScaleRule::kMinMax:
