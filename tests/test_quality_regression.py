@@ -1,0 +1,45 @@
+"""Quantization tolerance regression on the reference model, through the
+lowbit.testing plugin: every preset stays within its record in
+tests/tolerances.toml, and a worse quantizer is caught."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import lowbit
+import pytest
+from lowbit.default_model import default_model_path
+from lowbit.schemes import SCHEMES
+from lowbit.testing import assert_within_tolerance
+
+pytest.importorskip("transformers")
+
+RECORD = Path(__file__).resolve().parent / "tolerances.toml"
+
+
+@pytest.fixture(scope="module")
+def reference() -> Path:
+    return default_model_path()
+
+
+@pytest.mark.parametrize("preset", ["q8", "q4", "q2"])
+def test_preset_stays_within_its_record(preset, reference, lowbit_validate, tmp_path):
+    out = tmp_path / preset
+    lowbit.convert(reference, out, preset=preset, progress=False)
+    report = lowbit_validate(out, reference)
+    assert report.preset == preset
+    assert_within_tolerance(report, RECORD)
+
+
+def test_a_worse_int4_quantizer_breaks_the_q4_record(reference, lowbit_validate, tmp_path,
+                                                     monkeypatch):  # fmt: skip
+    """int4 back to absmax / 7 (15 of its 16 levels): the record catches it."""
+    old = dataclasses.replace(SCHEMES["int4"], rule="absmax", scale_divisor=7.0)
+    monkeypatch.setitem(SCHEMES, "int4", old)
+    out = tmp_path / "q4-absmax"
+    lowbit.convert(reference, out, preset="q4", progress=False)
+    report = lowbit_validate(out, reference)
+    with pytest.raises(AssertionError, match="kld_mean") as failure:
+        assert_within_tolerance(report, RECORD)
+    assert "relative error" in str(failure.value)
