@@ -16,12 +16,17 @@ def test_demo_runs_end_to_end_on_the_default_model(tmp_path, capsys):
     assert "int4         210" in out
     assert "\nOK\n" in out
     assert "int4     mse       32   4.500" in out
+    assert "perplexity" in out  # validated against PyTorch
+    assert "summary: " in out
 
 
 def test_demo_json(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "q8"), "--preset", "q8", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["inspect"]["ok"]
+    assert report["validation"]["ok"]  # q8 is within the default tolerances
+    assert report["validation"]["model"]["kld_mean"] < 0.002
+    assert len(report["reply"]["text"].split()) >= 5
     int8 = next(r for r in report["errors"] if r["scheme"] == "int8")
     assert int8["rel_error"] < 0.02
     assert {r["scheme"] for r in report["errors"]} == {
