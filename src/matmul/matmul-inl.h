@@ -292,8 +292,10 @@ void QuantGemvRowsT(const WeightView& w, const float* x, size_t xstride,
   q.row_bytes = RowBytes(w.cols, kBits);
   q.cols = w.cols;
   q.groups = GroupsPerRow(w.cols, w.params.group_size);
-  const std::vector<uint32_t> seg_group =
-      SegmentGroups(w.cols, w.cols / q.groups, kBits);
+  // Per-thread tables: a decoded token runs about a thousand of these tasks.
+  thread_local std::vector<uint32_t> seg_group;
+  thread_local std::vector<float> scale, zero;
+  SegmentGroupsInto(w.cols, w.cols / q.groups, kBits, &seg_group);
   q.seg_group = seg_group.data();
   q.offset = kAsym ? 0.0f : static_cast<float>(w.params.code_offset);
   q.x = x;
@@ -306,7 +308,8 @@ void QuantGemvRowsT(const WeightView& w, const float* x, size_t xstride,
   q.group_blocks = q.groups == 1 ? (w.cols + kCodes - 1) / kCodes
                    : g % kCodes == 0 ? g / kCodes
                                      : 0;
-  std::vector<float> scale(kGemvRows * q.groups), zero(kGemvRows * q.groups);
+  scale.resize(kGemvRows * q.groups);
+  zero.resize(kGemvRows * q.groups);
   size_t r = r0;
   for (; r + kGemvRows <= r1; r += kGemvRows) {
     ReadRowParams(w, q.groups, r, kGemvRows, scale.data(), zero.data());
