@@ -10,6 +10,7 @@
 #if HWY_ONCE
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "util/thread_pool.h"
@@ -40,60 +41,122 @@ constexpr size_t kGemmGrain = 32;
 // lets every format read whole blocks of x.
 constexpr size_t kMaxBlockCodes = 128;
 
-// GEMV rows per task: at least 128 Ki weights (about 10 us of work), a
-// multiple of the 4-row tile. Pool threads spin briefly between loops, so
-// handing them work costs about a microsecond while a forward pass runs.
-size_t GemvGrain(size_t cols) {
-  const size_t rows = (size_t{1} << 17) / std::max<size_t>(1, cols);
-  return std::max<size_t>(4, (rows + 3) / 4 * 4);
+// GEMV rows per task: at least 32 Ki weights (32 KiB of int8 codes, about
+// 1.5 us from DRAM) and a multiple of the 4-row tile, in a number of tasks
+// that is a multiple of the thread count when there are several per thread,
+// so that two threads end together. Pool threads spin briefly between loops,
+// so handing them work costs about a microsecond while a forward pass runs.
+size_t GemvGrain(size_t rows, size_t cols, size_t threads) {
+  const size_t min_rows = std::max<size_t>(
+      4, ((size_t{1} << 15) / std::max<size_t>(1, cols) + 3) / 4 * 4);
+  size_t tasks = std::max<size_t>(1, rows / min_rows);
+  if (tasks > threads) tasks = tasks / threads * threads;
+  const size_t grain = (rows + tasks - 1) / tasks;
+  return (grain + 3) / 4 * 4;
 }
 
-void Gemv(const WeightView& w, const float* x, size_t n, float* out) {
+// Group sums of x [n][cols] for w's zero-point correction into xsum
+// [n][groups], summed in double so that they are the float32 rounding of the
+// exact sums.
+void GroupSums(const WeightView& w, const float* x, size_t n,
+               std::vector<float>* xsum) {
   const size_t cols = w.cols;
+  const size_t groups = GroupsPerRow(cols, w.params.group_size);
+  const size_t g = cols / groups;
+  xsum->resize(n * groups);
+  for (size_t t = 0; t < n; ++t) {
+    for (size_t gi = 0; gi < groups; ++gi) {
+      const float* xs = x + t * cols + gi * g;
+      double s = 0.0;
+      for (size_t c = 0; c < g; ++c) s += xs[c];
+      (*xsum)[t * groups + gi] = static_cast<float>(s);
+    }
+  }
+}
+
+// GEMV of `count` matrices with the same columns on the same x, in one
+// parallel loop: the tasks of all matrices are handed out together, so that
+// small matrices (a layer's k and v) need no barrier of their own.
+void GemvMany(const WeightView* const* ws, size_t count, const float* x,
+              size_t n, float* const* outs) {
+  const size_t cols = ws[0]->cols;
   const size_t xstride = (cols + kMaxBlockCodes - 1) / kMaxBlockCodes *
                          kMaxBlockCodes;
-  std::vector<float> xpad(n * xstride, 0.0f);
+  // Per-thread buffers: a decoded token makes about 200 calls.
+  thread_local std::vector<float> xpad;
+  thread_local std::vector<std::vector<float>> xsum;
+  // (matrix, first row) of each task, then an end marker per matrix.
+  thread_local std::vector<std::pair<size_t, size_t>> tasks;
+  xpad.assign(n * xstride, 0.0f);
   for (size_t t = 0; t < n; ++t) {
     std::memcpy(xpad.data() + t * xstride, x + t * cols, cols * sizeof(float));
   }
-  // Group sums of x for the zero-point correction, summed in double so that
-  // they are the float32 rounding of the exact sums.
-  std::vector<float> xsum;
-  if (w.format == WeightFormat::kQuantized) {
-    const size_t groups = GroupsPerRow(cols, w.params.group_size);
-    const size_t g = cols / groups;
-    xsum.resize(n * groups);
-    for (size_t t = 0; t < n; ++t) {
-      for (size_t gi = 0; gi < groups; ++gi) {
-        const float* xs = x + t * cols + gi * g;
-        double s = 0.0;
-        for (size_t c = 0; c < g; ++c) s += xs[c];
-        xsum[t * groups + gi] = static_cast<float>(s);
-      }
-    }
+  if (xsum.size() < count) xsum.resize(count);
+  ThreadPool& pool = ThreadPool::Global();
+  const size_t threads = pool.NumThreads();
+  tasks.clear();
+  for (size_t m = 0; m < count; ++m) {
+    const WeightView& w = *ws[m];
+    if (w.format == WeightFormat::kQuantized) GroupSums(w, x, n, &xsum[m]);
+    // One matrix alone: tasks in a multiple of the thread count. Several:
+    // the dynamic hand-out balances them (1: no rounding).
+    const size_t grain = GemvGrain(w.rows, cols, count == 1 ? threads : 1);
+    for (size_t r = 0; r < w.rows; r += grain) tasks.emplace_back(m, r);
   }
-  ThreadPool::Global().ParallelFor(
-      w.rows, GemvGrain(cols), [&](size_t r0, size_t r1) {
-        HWY_DYNAMIC_DISPATCH(GemvRows)(w, xpad.data(), xstride, xsum.data(), n,
-                                       r0, r1, out);
-      });
+  // The pool's threads have thread_local buffers of their own: hand them
+  // this thread's by pointer.
+  const std::vector<std::pair<size_t, size_t>>* task_list = &tasks;
+  const float* xp = xpad.data();
+  const std::vector<float>* sums = xsum.data();
+  pool.ParallelFor(task_list->size(), 1, [&](size_t begin, size_t end) {
+    const auto& list = *task_list;
+    for (size_t i = begin; i < end; ++i) {
+      const size_t m = list[i].first;
+      const WeightView& w = *ws[m];
+      const size_t r0 = list[i].second;
+      const size_t r1 = i + 1 < list.size() && list[i + 1].first == m
+                            ? list[i + 1].second
+                            : w.rows;
+      HWY_DYNAMIC_DISPATCH(GemvRows)(w, xp, xstride, sums[m].data(), n, r0,
+                                     r1, outs[m]);
+    }
+  });
+}
+
+bool UseGemv(const WeightView& w, size_t n) {
+  const size_t gemv_max = w.format == WeightFormat::kQuantized
+                              ? kGemvMaxTokensQuantized
+                              : kGemvMaxTokensFloat;
+  return n <= gemv_max;
 }
 
 }  // namespace
 
 void MatMul(const WeightView& w, const float* x, size_t n, float* out) {
   if (n == 0 || w.rows == 0) return;
-  const size_t gemv_max = w.format == WeightFormat::kQuantized
-                              ? kGemvMaxTokensQuantized
-                              : kGemvMaxTokensFloat;
-  if (n <= gemv_max) {
-    Gemv(w, x, n, out);
+  if (UseGemv(w, n)) {
+    const WeightView* ws[1] = {&w};
+    float* outs[1] = {out};
+    GemvMany(ws, 1, x, n, outs);
     return;
   }
   ThreadPool::Global().ParallelFor(
       w.rows, kGemmGrain, [&](size_t r0, size_t r1) {
         HWY_DYNAMIC_DISPATCH(GemmRows)(w, x, n, r0, r1, out);
       });
+}
+
+void MatMulShared(const WeightView* const* ws, size_t count, const float* x,
+                  size_t n, float* const* outs) {
+  if (n == 0 || count == 0) return;
+  for (size_t m = 0; m < count; ++m) {
+    if (ws[m]->rows == 0 || ws[m]->cols != ws[0]->cols || !UseGemv(*ws[m], n)) {
+      // Prefill (or unusual shapes): one loop per matrix.
+      for (size_t i = 0; i < count; ++i) MatMul(*ws[i], x, n, outs[i]);
+      return;
+    }
+  }
+  GemvMany(ws, count, x, n, outs);
 }
 
 void WeightRow(const WeightView& w, size_t r, float* out) {

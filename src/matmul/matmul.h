@@ -41,6 +41,12 @@ struct WeightView {
 // count.
 void MatMul(const WeightView& w, const float* x, size_t n, float* out);
 
+// MatMul of several matrices with the same cols on the same x: outs[i] =
+// x ws[i]^T. When decoding, their rows are shared out in one parallel loop
+// (one barrier instead of one per matrix); results equal MatMul's.
+void MatMulShared(const WeightView* const* ws, size_t count, const float* x,
+                  size_t n, float* const* outs);
+
 // Row r of W as float32 into out[0, cols): an embedding lookup.
 void WeightRow(const WeightView& w, size_t r, float* out);
 

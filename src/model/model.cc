@@ -264,9 +264,11 @@ void Model::AttentionBlock(size_t l, size_t n, float* x, Scratch& s) {
   const size_t q_width = c.heads * hd;
   const size_t kv_width = c.kv_heads * hd;
   RmsNorm(x, layer.attn_norm->data(), n, c.hidden, c.rms_eps, s.h.data());
-  MatMul(layer.q, s.h.data(), n, s.q.data());
-  MatMul(layer.k, s.h.data(), n, s.k.data());
-  MatMul(layer.v, s.h.data(), n, s.v.data());
+  {
+    const WeightView* ws[3] = {&layer.q, &layer.k, &layer.v};
+    float* outs[3] = {s.q.data(), s.k.data(), s.v.data()};
+    MatMulShared(ws, 3, s.h.data(), n, outs);
+  }
   auto add_bias = [n](const std::vector<float>* bias, float* y, size_t width) {
     if (bias == nullptr) return;
     for (size_t t = 0; t < n; ++t) {
@@ -327,8 +329,11 @@ void Model::DenseFfn(const WeightView& gate, const WeightView& up,
                      const WeightView& down, size_t n, const float* in,
                      float* out, Scratch& s) {
   const size_t inter = gate.rows;
-  MatMul(gate, in, n, s.g.data());
-  MatMul(up, in, n, s.u.data());
+  {
+    const WeightView* ws[2] = {&gate, &up};
+    float* outs[2] = {s.g.data(), s.u.data()};
+    MatMulShared(ws, 2, in, n, outs);
+  }
   GatedActivation(config_.activation, s.g.data(), s.u.data(), n * inter,
                   s.g.data());
   MatMul(down, s.g.data(), n, out);

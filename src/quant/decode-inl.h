@@ -53,15 +53,22 @@ HWY_INLINE hn::Vec<DF> LoadF32(DF d, const hwy::bfloat16_t* HWY_RESTRICT p) {
 // A segment is 16 consecutive codes of a row, the unit that one shift + AND
 // unpacks; group sizes are multiples of 16, so a segment lies in one group.
 // seg_group[s] is the group of segment s (padding segments: the last group).
-inline std::vector<uint32_t> SegmentGroups(size_t cols, size_t g, int bits) {
+inline void SegmentGroupsInto(size_t cols, size_t g, int bits,
+                              std::vector<uint32_t>* seg_group) {
   const size_t codes_per_block = bits == 8 ? kBlockBytes : CodesPerBlock(bits);
   const size_t padded = (cols + codes_per_block - 1) / codes_per_block *
                         codes_per_block;
   const size_t last = cols / g - 1;
-  std::vector<uint32_t> seg_group(padded / kBlockBytes);
-  for (size_t seg = 0; seg < seg_group.size(); ++seg) {
-    seg_group[seg] = static_cast<uint32_t>(HWY_MIN(seg * kBlockBytes / g, last));
+  seg_group->resize(padded / kBlockBytes);
+  for (size_t seg = 0; seg < seg_group->size(); ++seg) {
+    (*seg_group)[seg] =
+        static_cast<uint32_t>(HWY_MIN(seg * kBlockBytes / g, last));
   }
+}
+
+inline std::vector<uint32_t> SegmentGroups(size_t cols, size_t g, int bits) {
+  std::vector<uint32_t> seg_group;
+  SegmentGroupsInto(cols, g, bits, &seg_group);
   return seg_group;
 }
 

@@ -57,52 +57,68 @@ void ThreadPool::SetNumThreads(size_t n) {
   num_threads_.store(std::clamp<size_t>(n, 1, MaxThreads()));
 }
 
-void ThreadPool::RunChunks() {
+void ThreadPool::RunChunks(uint32_t gen) {
+  uint64_t t = ticket_.load(std::memory_order_relaxed);
   for (;;) {
-    const size_t begin = next_.fetch_add(grain_);
-    if (begin >= n_) return;
-    const size_t end = std::min(n_, begin + grain_);
-    try {
-      (*fn_)(begin, end);
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (!error_) error_ = std::current_exception();
-      next_.store(n_);  // stop handing out work
+    if (static_cast<uint32_t>(t >> 32) != gen) return;
+    if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel,
+                                       std::memory_order_relaxed)) {
+      continue;
     }
+    // A claim is valid only below this generation's chunk count. A valid
+    // claim keeps the loop (and fn_, n_, grain_) alive until it completes.
+    const uint64_t limit = limit_.load(std::memory_order_acquire);
+    const size_t chunks = static_cast<uint32_t>(limit);
+    const size_t chunk = static_cast<uint32_t>(t);
+    if (static_cast<uint32_t>(limit >> 32) != gen || chunk >= chunks) return;
+    if (!failed_.load(std::memory_order_relaxed)) {
+      const size_t begin = chunk * grain_;
+      const size_t end = std::min(n_, begin + grain_);
+      try {
+        (*fn_)(begin, end);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!error_) error_ = std::current_exception();
+        failed_.store(true, std::memory_order_relaxed);
+      }
+    }
+    if (completed_.fetch_add(1, std::memory_order_acq_rel) + 1 == chunks) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_.notify_one();
+    }
+    t = ticket_.load(std::memory_order_relaxed);
   }
 }
 
 void ThreadPool::WorkerLoop(size_t index) {
-  uint64_t seen = 0;
+  uint32_t seen = 0;
+  auto generation = [this] {
+    return static_cast<uint32_t>(ticket_.load(std::memory_order_acquire) >>
+                                 32);
+  };
   for (;;) {
-    for (int i = 0; i < kSpinIterations &&
-                    generation_.load(std::memory_order_acquire) == seen &&
+    for (int i = 0; i < kSpinIterations && generation() == seen &&
                     !stopping_.load(std::memory_order_relaxed);
          ++i) {
       CpuRelax();
     }
-    {
+    if (generation() == seen) {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] {
-        return stopping_ || (generation_ != seen && index < participants_);
-      });
-      if (stopping_) return;
-      seen = generation_;
+      wake_.wait(lock, [&] { return stopping_ || generation() != seen; });
     }
+    if (stopping_) return;
+    seen = generation();
+    if (index >= participants_.load(std::memory_order_relaxed)) continue;
     tls_inside_task = true;
-    RunChunks();
+    RunChunks(seen);
     tls_inside_task = false;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      finished_.fetch_add(1, std::memory_order_release);
-    }
-    done_.notify_one();
   }
 }
 
 void ThreadPool::ParallelFor(size_t n, size_t grain, const RangeFn& fn) {
   if (n == 0) return;
-  grain = std::max<size_t>(1, grain);
+  // Chunk indices are 32-bit (the low half of ticket_).
+  grain = std::max<size_t>({1, grain, n / (size_t{1} << 31) + 1});
   const size_t chunks = (n + grain - 1) / grain;
   const size_t threads = std::min(NumThreads(), chunks);
   if (threads <= 1 || tls_inside_task) {
@@ -110,34 +126,41 @@ void ThreadPool::ParallelFor(size_t n, size_t grain, const RangeFn& fn) {
     return;
   }
   std::lock_guard<std::mutex> call_lock(call_mutex_);
+  const uint32_t gen =
+      static_cast<uint32_t>(ticket_.load(std::memory_order_relaxed) >> 32) + 1;
+  fn_ = &fn;
+  n_ = n;
+  grain_ = grain;
+  error_ = nullptr;
+  failed_.store(false, std::memory_order_relaxed);
+  completed_.store(0, std::memory_order_relaxed);
+  participants_.store(threads - 1, std::memory_order_relaxed);
+  limit_.store(uint64_t{gen} << 32 | chunks, std::memory_order_release);
   {
+    // Under the mutex, so that a worker about to sleep sees the new
+    // generation or gets the notification.
     std::lock_guard<std::mutex> lock(mutex_);
-    fn_ = &fn;
-    n_ = n;
-    grain_ = grain;
-    next_.store(0);
-    error_ = nullptr;
-    participants_ = threads - 1;
-    finished_.store(0);
-    generation_.fetch_add(1, std::memory_order_release);
+    ticket_.store(uint64_t{gen} << 32, std::memory_order_release);
   }
   wake_.notify_all();
   tls_inside_task = true;
-  RunChunks();
+  RunChunks(gen);
   tls_inside_task = false;
   for (int i = 0; i < kSpinIterations &&
-                  finished_.load(std::memory_order_acquire) != threads - 1;
+                  completed_.load(std::memory_order_acquire) != chunks;
        ++i) {
     CpuRelax();
   }
-  std::exception_ptr error;
-  {
+  if (completed_.load(std::memory_order_acquire) != chunks) {
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [&] { return finished_ == participants_; });
-    fn_ = nullptr;
-    error = error_;
-    error_ = nullptr;
+    done_.wait(lock, [&] {
+      return completed_.load(std::memory_order_acquire) == chunks;
+    });
   }
+  // Every chunk's writes (and error_) happened before its completion count.
+  fn_ = nullptr;
+  std::exception_ptr error = std::move(error_);
+  error_ = nullptr;
   if (error) std::rethrow_exception(error);
 }
 

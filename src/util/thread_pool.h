@@ -9,6 +9,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <mutex>
@@ -41,7 +42,8 @@ class ThreadPool {
 
  private:
   void WorkerLoop(size_t index);
-  void RunChunks();
+  // Runs chunks of generation `gen` until none is left.
+  void RunChunks(uint32_t gen);
 
   std::vector<std::thread> workers_;
   std::atomic<size_t> num_threads_;
@@ -51,16 +53,21 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
-  // Written under mutex_; atomic so that spinning threads can watch them.
-  std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stopping_{false};
-  size_t participants_ = 0;  // workers taking part in this generation
-  std::atomic<size_t> finished_{0};
+  std::atomic<size_t> participants_{0};  // workers that may join this loop
 
+  // Chunks are claimed from ticket_ = (generation << 32) | next chunk, so a
+  // worker that wakes late (descheduled on a busy machine) claims nothing
+  // from a loop that is over, and the caller never waits for a worker that
+  // has not started: it waits for the chunks, not for the threads.
+  std::atomic<uint64_t> ticket_{0};
+  // (generation << 32) | number of chunks of the current loop.
+  std::atomic<uint64_t> limit_{0};
+  std::atomic<size_t> completed_{0};  // chunks done in this generation
+  std::atomic<bool> failed_{false};   // a chunk threw: skip the others
   const RangeFn* fn_ = nullptr;
   size_t n_ = 0;
   size_t grain_ = 1;
-  std::atomic<size_t> next_{0};
   std::exception_ptr error_;
 };
 
