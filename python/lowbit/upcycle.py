@@ -184,14 +184,22 @@ def _check_args(
         raise UpcycleError(
             f"top-k must be between 1 and the number of experts ({experts}), got {top_k}"
         )
+    if shared_expert and not TARGETS[family.name].shared:
+        raise UpcycleError(
+            f"a shared expert needs the Qwen2-MoE layout; {family.name} upcycles into "
+            f"{TARGETS[family.name].architecture}, which has none"
+        )
     if mode == "split":
-        if experts > inter:
+        # A shared expert takes one expert's share of the neurons.
+        parts = experts + (1 if shared_expert else 0)
+        if parts > inter:
             raise UpcycleError(
                 f"{experts} experts but the FFN has only {inter} intermediate neurons to split"
             )
-        if inter % experts:
+        if inter % parts:
             raise UpcycleError(
-                f"{experts} experts do not divide the {inter} intermediate neurons evenly"
+                f"{parts} experts{' (one shared)' if shared_expert else ''} do not divide "
+                f"the {inter} intermediate neurons evenly"
             )
     if noise is not None and noise_relative is not None:
         raise UpcycleError("give either noise (absolute sigma) or noise_relative, not both")
@@ -200,11 +208,6 @@ def _check_args(
             raise UpcycleError(f"{name} must be a finite number >= 0, got {v}")
     if mode == "split" and (noise or noise_relative):
         raise UpcycleError("noise applies to copy mode only")
-    if shared_expert and not TARGETS[family.name].shared:
-        raise UpcycleError(
-            f"a shared expert needs the Qwen2-MoE layout; {family.name} upcycles into "
-            f"{TARGETS[family.name].architecture}, which has none"
-        )
     if shared_expert and mode != "split":
         raise UpcycleError("a shared expert is built in split mode only")
     return family.name, TARGETS[family.name], inter
@@ -462,17 +465,10 @@ def upcycle(
         sigma = noise or 0.0
     else:
         expert_inter = inter // experts
-        shared_inter = expert_inter if shared_expert else shared_inter
         sigma_rel, sigma = None, 0.0
         if shared_expert:
-            # The shared expert takes one expert's worth of neurons; the rest
-            # is split, so every routed expert is smaller by the same share.
-            if (inter - shared_inter) % experts:
-                raise UpcycleError(
-                    f"{inter} neurons minus a shared expert of {shared_inter} do not split "
-                    f"into {experts} equal experts"
-                )
-            expert_inter = (inter - shared_inter) // experts
+            expert_inter = inter // (experts + 1)
+            shared_inter = expert_inter
 
     moe_config = _moe_config(config, target, experts, top_k, expert_inter, shared_inter)
     partial = out.with_name(out.name + ".partial")
@@ -547,7 +543,7 @@ def upcycle(
                 assert layer_stats is not None
                 r, groups, shared_idx = _split_layer(
                     w["gate"], w["up"], w["down"], layer_stats, experts, top_k,
-                    shared_inter, seed + i,
+                    shared_inter if shared_expert else 0, seed + i,
                 )  # fmt: skip
                 writer.write(target.router.format(l=i), r.astype(dt))
                 for e, g in enumerate(groups):
