@@ -8,6 +8,7 @@ from lowbit.hub import download
 from lowbit.quantize import QuantizedTensor, quantize
 from lowbit.runtime import Model, load
 from lowbit.schemes import schemes
+from lowbit.upcycle import upcycle
 
 
 def set_num_threads(n: int) -> None:
@@ -31,4 +32,5 @@ __all__ = [
     "quantize",
     "schemes",
     "set_num_threads",
+    "upcycle",
 ]

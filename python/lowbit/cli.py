@@ -250,6 +250,31 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_CHECK_FAILED
 
 
+def _cmd_upcycle(args: argparse.Namespace) -> int:
+    from lowbit.upcycle import format_report, upcycle
+
+    report = upcycle(
+        args.src,
+        args.out,
+        experts=args.experts,
+        top_k=args.top_k,
+        mode=args.mode,
+        noise=args.noise,
+        noise_relative=args.noise_relative,
+        router=args.router,
+        seed=args.seed,
+        calibration_text=args.text,
+        shared_expert=args.shared_expert,
+        evaluate=not args.no_eval,
+        force=args.force,
+    )
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    elif not args.quiet:
+        print(format_report(report))
+    return EXIT_OK
+
+
 def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="model directory (from lowbit convert)")
     p.add_argument("-t", "--threads", type=positive_int, help="threads (default: all cores)")
@@ -329,6 +354,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-only", action="store_true", help="skip the model-level comparison")
     _add_output_flags(p)
     commands["validate"] = _cmd_validate
+
+    p = sub.add_parser("upcycle", help="turn a dense checkpoint into a Mixture-of-Experts one")
+    p.add_argument("src", help="dense HuggingFace checkpoint directory (Llama, Mistral, Qwen2/3)")
+    p.add_argument("out", help="output MoE checkpoint directory")
+    p.add_argument("--experts", type=positive_int, required=True, help="experts per layer")
+    p.add_argument("--top-k", type=positive_int, required=True, help="experts per token")
+    p.add_argument("--mode", default="copy", choices=["copy", "split"], help="default: copy")
+    noise = p.add_mutually_exclusive_group()
+    noise.add_argument("--noise", type=float, metavar="SIGMA", help="copy: absolute noise std")
+    noise.add_argument(
+        "--noise-relative", type=float, metavar="F", help="copy: std = F x each tensor's std"
+    )
+    p.add_argument("--router", default="random", choices=["random", "zero", "hidden"])
+    p.add_argument("--shared-expert", action="store_true", help="split: an always-on expert")
+    p.add_argument("--seed", type=int, default=0, help="noise and clustering seed (0)")
+    p.add_argument(
+        "--text", action="append", help="calibration text file (repeatable; default: the "
+        "license texts after the evaluation tokens)"
+    )  # fmt: skip
+    p.add_argument(
+        "--no-eval", action="store_true", help="skip the comparison with the dense model"
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    _add_output_flags(p)
+    commands["upcycle"] = _cmd_upcycle
 
     p = sub.add_parser("generate", help="generate text with a converted model")
     _add_runtime_flags(p)

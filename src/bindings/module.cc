@@ -254,6 +254,8 @@ void CheckQuantized(const py::array& codes, const py::array& scales,
   }
 }
 
+void BindMoe(py::module_& m);  // py_moe.cc
+
 }  // namespace lowbit
 
 PYBIND11_MODULE(_core, m) {
@@ -300,6 +302,7 @@ PYBIND11_MODULE(_core, m) {
         "Convert between float32, float16 and bfloat16 (bits as uint16).");
   BindWeight(m);
   BindModel(m);
+  BindMoe(m);
 
   m.def("set_num_threads", [](size_t n) { ThreadPool::Global().SetNumThreads(n); },
         "n"_a, "Threads the kernels use (1 to max_threads()).");
