@@ -74,7 +74,8 @@ class QuantizedTensor:
     @property
     def bits_per_weight(self) -> float:
         """Stored bits per weight, scales and zero points included."""
-        return 8.0 * self.nbytes / (self.shape[0] * self.shape[1])
+        weights = self.shape[0] * self.shape[1]
+        return 8.0 * self.nbytes / weights if weights else 0.0  # an empty tensor stores nothing
 
     def rows(self, start: int, stop: int) -> QuantizedTensor:
         """Rows ``start:stop`` as a QuantizedTensor sharing this one's memory."""
