@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import shutil
 import sys
 import tempfile
 import threading
@@ -27,7 +26,7 @@ from tqdm import tqdm
 from lowbit import __version__
 from lowbit.checkpoint import Checkpoint, CheckpointError
 from lowbit.dtypes import FLOAT_SCHEME_DTYPES, cast
-from lowbit.gguf_input import IMPORT_RECORD, import_gguf, is_gguf
+from lowbit.gguf_input import import_gguf, is_gguf
 from lowbit.hashing import file_digest
 from lowbit.manifest import FORMAT_VERSION, MANIFEST_FILE, PACKING, describe_model, validate
 from lowbit.npz_format import (
@@ -40,25 +39,15 @@ from lowbit.npz_format import (
     unpacked_arrays,
 )
 from lowbit.npz_format import weight_entry as npz_weight_entry
+from lowbit.outdir import commit, copy_side_files, start_partial
 from lowbit.quantize import QuantizedTensor, quantize
 from lowbit.recipes import Recipe, TensorPlan
 from lowbit.safetensors_writer import StreamingWriter, TensorSpec
 from lowbit.schemes import get_scheme
 
-# Copied beside the weights when the source has them.
 # Output formats: lowbit's safetensors directory, or the reference documents' NPZ.
 FORMATS = ("lowbit", "npz")
 
-SIDE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "chat_template.jinja",
-    IMPORT_RECORD,
-)
 DEFAULT_SHARD_BYTES = 4 << 30
 
 
@@ -228,24 +217,7 @@ class _BackgroundHashes:
 def _prepare_out(out: Path, force: bool) -> Path:
     if out.exists() and not force:
         raise ConvertError(f"{out} already exists; pass --force to replace it")
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():  # left by an interrupted run
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    return partial
-
-
-def _commit(partial: Path, out: Path) -> None:
-    """Replace ``out`` by the finished ``partial`` directory."""
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-        partial.rename(out)
-        shutil.rmtree(old)
-    else:
-        partial.rename(out)
+    return start_partial(out)
 
 
 def convert(
@@ -330,9 +302,7 @@ def _convert(
             weights, files = _write_weights(ck, plans, partial, max_shard_bytes, progress)
         hashes = source_hashes.result()
     src_dir = src if src.is_dir() else src.parent
-    for name in SIDE_FILES:
-        if (src_dir / name).is_file():
-            shutil.copy2(src_dir / name, partial / name)
+    copy_side_files(src_dir, partial)
     manifest = {
         "format_version": FORMAT_VERSION,
         "lowbit_version": __version__,
@@ -356,7 +326,7 @@ def _convert(
         manifest = _npz_manifest(manifest, files[0])
     validate(manifest)
     (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-    _commit(partial, out)
+    commit(partial, out)
     return _summarize(out, preset, weights, files, source_files, time.perf_counter() - t0)
 
 

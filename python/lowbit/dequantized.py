@@ -9,15 +9,14 @@ weights. Written one tensor at a time, atomically (``OUT.partial`` renamed).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from lowbit.checkpoint import Checkpoint
-from lowbit.convert import SIDE_FILES
 from lowbit.manifest import load as load_manifest
-from lowbit.runtime import _stored_tensor
+from lowbit.outdir import commit, copy_side_files, start_partial
+from lowbit.runtime import stored_tensor
 from lowbit.safetensors_writer import StreamingWriter, TensorSpec
 
 
@@ -27,22 +26,16 @@ def write_dequantized(model_dir: str | Path, out: str | Path) -> Path:
     out = Path(out)
     manifest = load_manifest(src)
     ck = Checkpoint(src)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = start_partial(out)
     weights = manifest["weights"]
     specs = [TensorSpec(w["name"], np.dtype(np.float32), tuple(w["shape"])) for w in weights]
     with StreamingWriter(partial / "model.safetensors", specs, {"format": "pt"}) as writer:
         for w in weights:
             shape = tuple(w["shape"])
-            values = _stored_tensor(ck, w).dequantize() if len(shape) > 1 else None
+            values = stored_tensor(ck, w).dequantize() if len(shape) > 1 else None
             if values is None:
                 values = ck.get(w["stored"]["values"]).astype(np.float32)
             writer.write(w["name"], np.ascontiguousarray(values.reshape(shape)))
-    for name in SIDE_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, partial / name)
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    copy_side_files(src, partial)
+    commit(partial, out)
     return out

@@ -7,14 +7,13 @@ validates through the very code it validates its own presets with.
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from lowbit.architectures import role_of
 from lowbit.checkpoint import Checkpoint
-from lowbit.convert import SIDE_FILES
+from lowbit.outdir import commit, copy_side_files, start_partial
 from lowbit.safetensors_writer import StreamingWriter, TensorSpec
 
 # Stored bits per weight: a float16 scale per block of 32, plus the codes.
@@ -34,9 +33,7 @@ def gguf_roundtrip(
 
     src, out = Path(src), Path(out)
     ck = Checkpoint(src)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = start_partial(out)
     specs = [TensorSpec(n, np.dtype(np.float32), ck.info(n).shape) for n in ck.names()]
     bits = count = lin_bits = lin_count = 0.0
     with StreamingWriter(partial / "model.safetensors", specs, {"format": "pt"}) as writer:
@@ -56,12 +53,8 @@ def gguf_roundtrip(
                     lin_bits += b * x.size
                     lin_count += x.size
             writer.write(name, np.ascontiguousarray(x, dtype=np.float32))
-    for side in SIDE_FILES:
-        if (src / side).is_file():
-            shutil.copy2(src / side, partial / side)
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    copy_side_files(src, partial)
+    commit(partial, out)
     return {
         "bits_per_weight": bits / count if count else math.nan,
         "linear_bits_per_weight": lin_bits / lin_count if lin_count else math.nan,

@@ -133,7 +133,7 @@ class Model:
                     v = (np.float32(1.0) + v).astype(np.float32)
                 vectors[canon] = v
                 continue
-            qt = _stored_tensor(ck, w)
+            qt = stored_tensor(ck, w)
             if len(shape) == 3:
                 _split_experts(canon, qt, shape, weights)
             else:
@@ -317,7 +317,7 @@ def _eos_ids(path: Path, config: dict[str, Any]) -> set[int]:
     return {int(v) for v in (value if isinstance(value, list) else [value])}
 
 
-def _stored_tensor(ck: Checkpoint, w: dict[str, Any]) -> QuantizedTensor:
+def stored_tensor(ck: Checkpoint, w: dict[str, Any]) -> QuantizedTensor:
     """One manifest weight as stored, 3-D expert stacks flattened to rows."""
     stored = w["stored"]
     shape = tuple(w["shape"])

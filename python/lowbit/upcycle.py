@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +39,6 @@ import numpy as np
 from lowbit import _core
 from lowbit.architectures import UnsupportedArchitecture, family_of
 from lowbit.checkpoint import Checkpoint
-from lowbit.convert import SIDE_FILES
 from lowbit.eval_text import (
     DEFAULT_CONTEXT,
     DEFAULT_TOKENS,
@@ -49,6 +47,7 @@ from lowbit.eval_text import (
     make_windows,
     read_text,
 )
+from lowbit.outdir import commit, copy_side_files, start_partial
 from lowbit.safetensors_writer import StreamingWriter, TensorSpec
 from lowbit.tokenizer import TOKENIZER_FILE, Tokenizer
 
@@ -471,9 +470,7 @@ def upcycle(
             shared_inter = expert_inter
 
     moe_config = _moe_config(config, target, experts, top_k, expert_inter, shared_inter)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = start_partial(out)
 
     # The output's tensors, in the source's order; each layer's FFN becomes the
     # router, then the experts (gate, up, down each), then the shared expert.
@@ -580,15 +577,8 @@ def upcycle(
             for _ in range(1 + 3 * experts + (4 if target.shared else 0)):
                 next(spec_iter)
     (partial / "config.json").write_text(json.dumps(moe_config, indent=2))
-    for name in SIDE_FILES:
-        if name != "config.json" and (src / name).is_file():
-            shutil.copy2(src / name, partial / name)
-    for extra in ("chat_template.jinja",):
-        if (src / extra).is_file():
-            shutil.copy2(src / extra, partial / extra)
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    copy_side_files(src, partial, skip=("config.json",))
+    commit(partial, out)
 
     report = _report(
         out, mode, target, config, experts, top_k, expert_inter, shared_inter, specs,

@@ -37,7 +37,7 @@ from lowbit.eval_text import (
 )
 from lowbit.manifest import load as load_manifest
 from lowbit.metrics import weight_error
-from lowbit.runtime import _stored_tensor, load
+from lowbit.runtime import load, stored_tensor
 from lowbit.schemes import get_scheme
 from lowbit.tokenizer import TOKENIZER_FILE, Tokenizer, TokenizerError
 from lowbit.tolerances import Tolerances, load_tolerances, violations
@@ -126,7 +126,7 @@ def weight_metrics(
                 f"{tuple(w['shape'])}; is --baseline the checkpoint this model came from?"
             )
         if len(w["shape"]) > 1:
-            x_hat = _stored_tensor(ck, w).dequantize().reshape(ref.shape)
+            x_hat = stored_tensor(ck, w).dequantize().reshape(ref.shape)
         else:
             x_hat = ck.get(w["stored"]["values"]).astype(np.float32)
         err = weight_error(ref, x_hat)
