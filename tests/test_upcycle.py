@@ -12,7 +12,8 @@ import pytest
 from lowbit import _core
 from lowbit.checkpoint import Checkpoint
 from lowbit.cli import main
-from lowbit.upcycle import UpcycleError, load_moe, upcycle
+from lowbit.upcycle import UpcycleError, _as_windows, _ffn_inputs, _load_dense, load_moe, upcycle
+from lowbit.upcycle_split import _neuron_weights, split_layer, split_model
 from runtime_helpers import hf_logits, prompt_ids, relative_error
 
 # float32 summation-order differences over the logit scale (max |logit|).
@@ -85,6 +86,34 @@ def test_balanced_kmeans_recovers_planted_groups() -> None:
         assert len(set(labels[truth[perm] == g].tolist())) == 1
     with pytest.raises(ValueError, match="3 clusters do not divide 64"):
         _core.balanced_kmeans(rows.astype(np.float32), 3, 5, 0, "rows")
+
+
+def _captured(energy: np.ndarray, labels: np.ndarray, k: int, top_k: int) -> float:
+    """Mean share of each token's energy in its top_k clusters."""
+    per = np.stack([energy[labels == c].sum(axis=0) for c in range(k)], axis=1)
+    return float((np.sort(per, axis=1)[:, -top_k:].sum(axis=1) / per.sum(axis=1)).mean())
+
+
+def test_refine_for_top_k_moves_neurons_to_the_tokens_that_pick_them() -> None:
+    rng = np.random.default_rng(1)
+    # 4 planted groups of 8 neurons, each group busy on its own quarter of
+    # the tokens; a random balanced start mixes them.
+    truth = np.repeat(np.arange(4), 8)
+    busy = np.repeat(np.arange(4), 50)
+    energy = (0.05 + (truth[:, None] == busy[None]) * rng.uniform(1, 2, (32, 200))) ** 2
+    energy = energy.astype(np.float32)
+    start = rng.permutation(truth).astype(np.int32)
+    labels = _core.refine_for_top_k(energy, start, 4, 1, 20, "energy")
+    assert np.bincount(labels).tolist() == [8] * 4
+    assert _captured(energy, labels, 4, 1) > _captured(energy, start, 4, 1)
+    for g in range(4):
+        assert len(set(labels[truth == g].tolist())) == 1
+    again = _core.refine_for_top_k(energy, start, 4, 1, 20, "energy")
+    assert np.array_equal(labels, again)
+    with pytest.raises(ValueError, match="not a balanced partition"):
+        _core.refine_for_top_k(energy, np.zeros(32, np.int32), 4, 1, 20, "energy")
+    with pytest.raises(ValueError, match=r"4 clusters \(top 5\)"):
+        _core.refine_for_top_k(energy, start, 4, 5, 20, "energy")
 
 
 # ---------------------------------------------------------------- copy mode
@@ -224,6 +253,54 @@ def test_split_partitions_neurons_and_halves_the_ffn(tiny_checkpoint, tmp_path: 
     assert relative_error(_runtime_logits(moe, tmp_path, ids), hf_logits(moe, ids)) <= EXACT
 
 
+def test_split_refit_lowers_the_routed_error() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((512, 16)).astype(np.float32)
+    gate, up = rng.standard_normal((2, 32, 16)).astype(np.float32)
+    act = (gate @ x.T).T * (1 / (1 + np.exp(-(gate @ x.T).T))) * (up @ x.T).T
+    down = rng.standard_normal((16, 32)).astype(np.float32)
+    layer = split_layer(x, act, down, 4, 2, 0, 0, "test")
+    z = act * _neuron_weights(x, layer.router, layer.groups, None, 2, 32)
+    dense = act @ down.T
+
+    def err(d: np.ndarray) -> float:
+        return float(np.square(z @ d.T - dense).sum() / np.square(dense).sum())
+
+    assert err(layer.down) < 0.9 * err(down)  # 0.82 here
+
+
+def test_split_calibrates_each_layer_on_the_split_layers_before_it(
+    tiny_checkpoint, tmp_path: Path
+) -> None:
+    import torch
+
+    src = tiny_checkpoint("qwen3")
+    moe = tmp_path / "split"
+    upcycle(src, moe, experts=4, top_k=2, mode="split", calibration_ids=_ids(), evaluate=False)
+    layers = split_model(_load_dense(src), _ids(), 4, 2, 0, 0)
+    # The FFN inputs the split saw are the MoE checkpoint's own (in
+    # transformers), not the dense model's: the fit emulates the checkpoint.
+    model, _ = load_moe(moe)
+    seen: list[np.ndarray] = []
+    hooks = [
+        layer.mlp.register_forward_pre_hook(
+            lambda _m, args: seen.append(args[0].reshape(-1, args[0].shape[-1]).numpy().copy())
+        )
+        for layer in model.model.layers
+    ]
+    with torch.inference_mode():
+        model(torch.from_numpy(_ids()))
+    for h in hooks:
+        h.remove()
+    assert len(seen) == len(layers) >= 2
+    for split, x in zip(layers, seen, strict=True):
+        assert relative_error(x, split.x) <= 1e-5
+    # ... which differ from the dense model's after the first split layer.
+    dense_x = _ffn_inputs(_load_dense(src), _as_windows(_ids(), "ids"))
+    assert relative_error(layers[0].x, dense_x[0]) <= 1e-6
+    assert relative_error(layers[-1].x, dense_x[-1]) > 1e-3
+
+
 def test_split_shared_expert_qwen2(tiny_checkpoint, tmp_path: Path) -> None:
     src = tiny_checkpoint("qwen2")
     moe = tmp_path / "shared"
@@ -272,3 +349,39 @@ def test_cli(tiny_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "already exists" in capsys.readouterr().err
     assert main(["upcycle", src, out + "2", "--experts", "2", "--top-k", "3"]) == 2
     assert "top-k must be between 1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- conversion
+
+
+@pytest.mark.parametrize(
+    ("family", "kw"),
+    [
+        ("llama", {"mode": "copy", "noise": 0.01, "experts": 4, "top_k": 2}),
+        ("qwen2", {"mode": "split", "shared_expert": True, "experts": 3, "top_k": 2}),
+    ],
+)
+def test_upcycled_model_converts_with_moe_q4_and_runs(
+    tiny_checkpoint, family: str, kw: dict, tmp_path: Path
+) -> None:
+    from lowbit.dequantized import write_dequantized
+
+    moe = tmp_path / "moe"
+    upcycle(tiny_checkpoint(family), moe, calibration_ids=_ids(), evaluate=False, **kw)
+    out = tmp_path / "q4"
+    lowbit.convert(moe, out, preset="moe-q4", progress=False)
+    weights = json.loads((out / "manifest.json").read_text())["weights"]
+    schemes = {w["name"]: w["scheme"] for w in weights}
+    router = next(n for n in schemes if n.endswith(("moe.gate.weight", "mlp.gate.weight")))
+    # Expert matrices are int4 g32; split experts here have rows of 16
+    # neurons in their down projections, which int4 g32 does not fit: those
+    # fall back to int8 per row, and the manifest says so.
+    experts = [w for w in weights if ".experts." in w["name"]]
+    assert experts
+    for w in experts:
+        assert w["scheme"] == "int4" or (w["fallback"] and w["shape"][1] < 32), w
+    assert schemes["model.layers.0.self_attn.q_proj.weight"] == "int8"
+    assert schemes[router] == "f32"
+    ids = prompt_ids()
+    ref = hf_logits(write_dequantized(out, tmp_path / "deq"), ids)
+    assert relative_error(lowbit.load(out).forward(ids), ref) < 1e-4

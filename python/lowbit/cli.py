@@ -264,6 +264,7 @@ def _cmd_upcycle(args: argparse.Namespace) -> int:
         router=args.router,
         seed=args.seed,
         calibration_text=args.text,
+        calibration_tokens=args.calibration_tokens,
         shared_expert=args.shared_expert,
         evaluate=not args.no_eval,
         force=args.force,
@@ -372,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--text", action="append", help="calibration text file (repeatable; default: the "
         "license texts after the evaluation tokens)"
+    )  # fmt: skip
+    p.add_argument(
+        "--calibration-tokens", type=positive_int, metavar="N",
+        help="calibration tokens (default: 2048 copy, 16384 split)",
     )  # fmt: skip
     p.add_argument(
         "--no-eval", action="store_true", help="skip the comparison with the dense model"

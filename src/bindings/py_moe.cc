@@ -3,10 +3,12 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "moe/upcycle.h"
 
@@ -74,6 +76,43 @@ py::array_t<int32_t> KMeansPy(const py::array& features, size_t k,
   return labels;
 }
 
+py::array_t<int32_t> RefinePy(const py::array& energy,
+                              const py::array& labels, size_t k, size_t top_k,
+                              size_t iters, const std::string& name) {
+  CheckFloat32(energy, name);
+  if (energy.ndim() != 2) {
+    throw py::value_error(name + ": expected a 2-D [neurons, tokens] array");
+  }
+  const size_t n = energy.shape(0);
+  const size_t t = energy.shape(1);
+  if (k == 0 || n == 0 || n % k != 0 || top_k == 0 || top_k > k) {
+    throw py::value_error(name + ": " + std::to_string(k) +
+                          " clusters (top " + std::to_string(top_k) +
+                          ") do not fit " + std::to_string(n) + " rows");
+  }
+  auto start = py::array_t<int32_t, py::array::c_style | py::array::forcecast>(
+      labels);
+  if (start.ndim() != 1 || static_cast<size_t>(start.size()) != n) {
+    throw py::value_error(name + ": expected " + std::to_string(n) + " labels");
+  }
+  std::vector<size_t> count(k, 0);
+  for (size_t i = 0; i < n; ++i) {
+    const int32_t c = start.at(i);
+    if (c < 0 || static_cast<size_t>(c) >= k || ++count[c] > n / k) {
+      throw py::value_error(name + ": labels are not a balanced partition");
+    }
+  }
+  py::array_t<int32_t> out(n);
+  int32_t* dst = out.mutable_data();
+  std::copy_n(start.data(), n, dst);
+  const float* e = static_cast<const float*>(energy.data());
+  {
+    py::gil_scoped_release release;
+    RefineForTopK(e, n, t, k, top_k, iters, dst);
+  }
+  return out;
+}
+
 }  // namespace
 
 void BindMoe(py::module_& m) {
@@ -86,6 +125,10 @@ void BindMoe(py::module_& m) {
   m.def("balanced_kmeans", &KMeansPy, "features"_a, "k"_a, "iters"_a,
         "seed"_a, "name"_a,
         "Balanced spherical k-means of the rows: int32 labels, rows/k each.");
+  m.def("refine_for_top_k", &RefinePy, "energy"_a, "labels"_a, "k"_a,
+        "top_k"_a, "iters"_a, "name"_a,
+        "Moves neurons between balanced clusters so that each token's top_k "
+        "clusters hold more of its energy: new int32 labels.");
   m.def("upcycle_target", &UpcycleTarget,
         "The SIMD target the upcycling kernels run on now.");
 }

@@ -59,14 +59,13 @@ void Normalize(float* row, size_t d) {
   }
 }
 
-void Similarities(const std::vector<float>& rows,
-                  const std::vector<float>& centroids, size_t n, size_t d,
-                  size_t k, std::vector<float>* sims) {
+void Similarities(const float* rows, const float* centroids, size_t n,
+                  size_t d, size_t k, std::vector<float>* sims) {
   // Rows per task: about 1 Mi multiply-adds.
   const size_t grain = std::max<size_t>(1, (size_t{1} << 20) / (d * k + 1));
   ThreadPool::Global().ParallelFor(n, grain, [&](size_t begin, size_t end) {
-    HWY_DYNAMIC_DISPATCH(SimilarityRows)(rows.data(), centroids.data(), begin,
-                                         end, d, k, sims->data());
+    HWY_DYNAMIC_DISPATCH(SimilarityRows)(rows, centroids, begin, end, d, k,
+                                         sims->data());
   });
 }
 
@@ -149,7 +148,7 @@ void BalancedKMeans(const float* features, size_t n, size_t d, size_t k,
   std::vector<float> sims(n * k);
   std::vector<int32_t> previous(n, -1);
   for (size_t it = 0; it < std::max<size_t>(iters, 1); ++it) {
-    Similarities(rows, centroids, n, d, k, &sims);
+    Similarities(rows.data(), centroids.data(), n, d, k, &sims);
     Assign(sims, n, k, labels);
     if (std::equal(labels, labels + n, previous.begin())) break;
     std::copy_n(labels, n, previous.begin());
@@ -160,6 +159,40 @@ void BalancedKMeans(const float* features, size_t n, size_t d, size_t k,
       for (size_t j = 0; j < d; ++j) dst[j] += src[j];
     }
     for (size_t c = 0; c < k; ++c) Normalize(centroids.data() + c * d, d);
+  }
+}
+
+void RefineForTopK(const float* energy, size_t n, size_t t, size_t k,
+                   size_t top_k, size_t iters, int32_t* labels) {
+  if (k == 0 || n % k != 0 || top_k == 0 || top_k > k) {
+    throw std::invalid_argument("bad cluster or top-k count");
+  }
+  // selected[e * t + token] is 1 where cluster e is among the token's top_k.
+  std::vector<float> selected(k * t);
+  std::vector<float> sims(n * k);
+  std::vector<int32_t> previous(labels, labels + n);
+  // Tokens per task: each reads n energies (about 64 Ki reads per task).
+  const size_t grain = std::max<size_t>(1, (size_t{1} << 16) / (n + 1));
+  for (size_t it = 0; it < iters; ++it) {
+    std::fill(selected.begin(), selected.end(), 0.0f);
+    ThreadPool::Global().ParallelFor(t, grain, [&](size_t b, size_t e) {
+      std::vector<double> mass(k);
+      std::vector<size_t> order(k);
+      for (size_t tok = b; tok < e; ++tok) {
+        std::fill(mass.begin(), mass.end(), 0.0);
+        for (size_t j = 0; j < n; ++j) mass[labels[j]] += energy[j * t + tok];
+        std::iota(order.begin(), order.end(), size_t{0});
+        // Ties to the lower index, as torch.topk picks equal logits.
+        std::stable_sort(order.begin(), order.end(),
+                         [&](size_t x, size_t y) { return mass[x] > mass[y]; });
+        for (size_t r = 0; r < top_k; ++r) selected[order[r] * t + tok] = 1.0f;
+      }
+    });
+    // sims[j, e]: neuron j's energy on the tokens that select cluster e.
+    Similarities(energy, selected.data(), n, t, k, &sims);
+    Assign(sims, n, k, labels);
+    if (std::equal(labels, labels + n, previous.begin())) break;
+    std::copy_n(labels, n, previous.begin());
   }
 }
 

@@ -25,6 +25,15 @@ void GaussianNoise(float* out, size_t n, uint64_t seed, uint64_t stream);
 void BalancedKMeans(const float* features, size_t n, size_t d, size_t k,
                     size_t iters, uint64_t seed, int32_t* labels);
 
+// Improves a balanced partition for top-k selection. energy [n, t] holds each
+// of n neurons' output energy on t calibration tokens; a token selects the
+// top_k clusters of largest total energy. Each round moves every neuron to
+// the cluster whose selecting tokens carry most of its energy (balanced as
+// in BalancedKMeans) until nothing moves or `iters` rounds have run. Starts
+// from and writes `labels` (k clusters of n / k neurons).
+void RefineForTopK(const float* energy, size_t n, size_t t, size_t k,
+                   size_t top_k, size_t iters, int32_t* labels);
+
 // SplitMix64 finaliser of x (Steele et al. 2014): a bijection on 64 bits.
 inline uint64_t SplitMix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
