@@ -110,10 +110,9 @@ def split_layer(
         neurons = np.setdiff1d(neurons, shared_idx)
     features = np.ascontiguousarray(mass[:, neurons].T, np.float32)
     labels = _core.balanced_kmeans(features, experts, KMEANS_ITERS, seed, name)
+    energy = np.square(features)  # [neurons, tokens]
     if top_k < experts:
-        labels = _core.refine_for_top_k(
-            features * features, labels, experts, top_k, REFINE_ITERS, name
-        )
+        labels = _core.refine_for_top_k(energy, labels, experts, top_k, REFINE_ITERS, name)
     groups = [np.sort(neurons[labels == e]) for e in range(experts)]
     if top_k == experts:
         zero = np.zeros((experts, x.shape[1]), np.float32)
@@ -122,7 +121,7 @@ def split_layer(
     # The router: which groups hold the most energy on each token.
     member = np.zeros((len(neurons), experts), np.float32)
     member[np.arange(len(neurons)), labels] = 1.0
-    oracle = topk_mask((features * features).T @ member, top_k)
+    oracle = topk_mask(energy.T @ member, top_k)
     coef = _ridge(x.T @ x, x.T @ oracle, ROUTER_RIDGE)  # [hidden, experts]
     spread = float((x @ coef).std()) or 1.0
     router = (coef.T * (LOGIT_SPREAD / spread)).astype(np.float32)
@@ -149,12 +148,12 @@ def _neuron_weights(
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     chosen = topk_mask(logits, top_k) * probs
     weights = chosen / chosen.sum(axis=1, keepdims=True) * top_k
-    out = np.zeros((x.shape[0], intermediate), np.float32)
+    # Column len(groups) is the shared expert's constant 1.
+    owner = np.full(intermediate, len(groups))
     for e, g in enumerate(groups):
-        out[:, g] = weights[:, e : e + 1]
-    if shared is not None:
-        out[:, shared] = 1.0
-    return out
+        owner[g] = e
+    columns = np.concatenate([weights, np.ones((x.shape[0], 1))], axis=1).astype(np.float32)
+    return columns[:, owner]
 
 
 def split_model(

@@ -171,21 +171,29 @@ void RefineForTopK(const float* energy, size_t n, size_t t, size_t k,
   std::vector<float> selected(k * t);
   std::vector<float> sims(n * k);
   std::vector<int32_t> previous(labels, labels + n);
-  // Tokens per task: each reads n energies (about 64 Ki reads per task).
-  const size_t grain = std::max<size_t>(1, (size_t{1} << 16) / (n + 1));
+  // Tokens per task: a slice of every neuron's row, read contiguously.
+  constexpr size_t kTokenGrain = 512;
   for (size_t it = 0; it < iters; ++it) {
     std::fill(selected.begin(), selected.end(), 0.0f);
-    ThreadPool::Global().ParallelFor(t, grain, [&](size_t b, size_t e) {
-      std::vector<double> mass(k);
+    ThreadPool::Global().ParallelFor(t, kTokenGrain, [&](size_t b, size_t e) {
+      // cluster[c * len + i]: cluster c's energy on token b + i.
+      const size_t len = e - b;
+      std::vector<float> cluster(k * len, 0.0f);
+      for (size_t j = 0; j < n; ++j) {
+        float* dst = cluster.data() + labels[j] * len;
+        const float* src = energy + j * t + b;
+        for (size_t i = 0; i < len; ++i) dst[i] += src[i];
+      }
       std::vector<size_t> order(k);
-      for (size_t tok = b; tok < e; ++tok) {
-        std::fill(mass.begin(), mass.end(), 0.0);
-        for (size_t j = 0; j < n; ++j) mass[labels[j]] += energy[j * t + tok];
+      for (size_t i = 0; i < len; ++i) {
         std::iota(order.begin(), order.end(), size_t{0});
         // Ties to the lower index, as torch.topk picks equal logits.
-        std::stable_sort(order.begin(), order.end(),
-                         [&](size_t x, size_t y) { return mass[x] > mass[y]; });
-        for (size_t r = 0; r < top_k; ++r) selected[order[r] * t + tok] = 1.0f;
+        std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) {
+          return cluster[x * len + i] > cluster[y * len + i];
+        });
+        for (size_t r = 0; r < top_k; ++r) {
+          selected[order[r] * t + b + i] = 1.0f;
+        }
       }
     });
     // sims[j, e]: neuron j's energy on the tokens that select cluster e.
