@@ -5,10 +5,12 @@ runs the same in lowbit's runtime as in transformers."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lowbit
 import pytest
+from lowbit.cli import main
 from lowbit.default_model import default_model_path
 from lowbit.upcycle import upcycle
 from runtime_helpers import hf_logits, prompt_ids, relative_error
@@ -27,14 +29,16 @@ def reference() -> Path:
     return default_model_path()
 
 
-def test_all_eight_experts_are_the_dense_model(reference: Path, tmp_path: Path) -> None:
-    rep = upcycle(
-        reference, tmp_path / "top8", experts=8, top_k=8, mode="split", calibration_tokens=512
-    )
-    assert rep.model is not None
-    assert rep.model["kld_mean"] < 1e-6
-    assert abs(rep.model["delta_ppl_pct"]) < 1e-3
-    assert rep.model["same_top"] == 1.0
+def test_all_eight_experts_are_the_dense_model(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["upcycle", str(reference), str(tmp_path / "top8"), "--experts", "8", "--top-k", "8"]
+    assert main([*args, "--mode", "split", "--calibration-tokens", "512", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["load_balance"]["tokens"] == 512
+    assert rep["model"]["kld_mean"] < 1e-6
+    assert abs(rep["model"]["delta_ppl_pct"]) < 1e-3
+    assert rep["model"]["same_top"] == 1.0
 
 
 def test_top4_halves_the_ffn_within_its_record(reference: Path, tmp_path: Path) -> None:
