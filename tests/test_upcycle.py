@@ -362,14 +362,16 @@ def test_cli(tiny_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ],
 )
 def test_upcycled_model_converts_with_moe_q4_and_runs(
-    tiny_checkpoint, family: str, kw: dict, tmp_path: Path
+    tiny_checkpoint, family: str, kw: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from lowbit.dequantized import write_dequantized
 
     moe = tmp_path / "moe"
     upcycle(tiny_checkpoint(family), moe, calibration_ids=_ids(), evaluate=False, **kw)
     out = tmp_path / "q4"
+    capsys.readouterr()
     lowbit.convert(moe, out, preset="moe-q4", progress=False)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "lowbit convert" in line]
     weights = json.loads((out / "manifest.json").read_text())["weights"]
     schemes = {w["name"]: w["scheme"] for w in weights}
     router = next(n for n in schemes if n.endswith(("moe.gate.weight", "mlp.gate.weight")))
@@ -380,6 +382,11 @@ def test_upcycled_model_converts_with_moe_q4_and_runs(
     assert experts
     for w in experts:
         assert w["scheme"] == "int4" or (w["fallback"] and w["shape"][1] < 32), w
+    fallbacks = [w for w in weights if w["fallback"]]
+    # One line per reason, not per tensor: 2 layers x (3 experts + shared) share one.
+    assert len(notes) == len({w["fallback"] for w in fallbacks})
+    if fallbacks:
+        assert f"and {len(fallbacks) - 3} more: " in notes[0]
     assert schemes["model.layers.0.self_attn.q_proj.weight"] == "int8"
     assert schemes[router] == "f32"
     ids = prompt_ids()

@@ -220,6 +220,19 @@ def _prepare_out(out: Path, force: bool) -> Path:
     return start_partial(out)
 
 
+def _print_fallbacks(plans: list[Any], listed: int = 3) -> None:
+    """One stderr line per distinct fallback reason, naming up to ``listed``
+    tensors: an MoE model repeats the same reason for hundreds of experts."""
+    by_reason: dict[str, list[str]] = {}
+    for p in plans:
+        if p.fallback:
+            by_reason.setdefault(p.fallback, []).append(p.name)
+    for reason, names in by_reason.items():
+        shown = ", ".join(names[:listed])
+        more = f" and {len(names) - listed} more" if len(names) > listed else ""
+        print(f"lowbit convert: {shown}{more}: {reason}", file=sys.stderr)
+
+
 def convert(
     src: str | Path,
     out: str | Path,
@@ -285,9 +298,7 @@ def _convert(
     tied = "lm_head.weight" not in ck.names()
     model = describe_model(config, config.get("_name_or_path") or src.name, tied)
     plans = [recipe.plan(name, ck.info(name).shape) for name in ck.names()]
-    for p in plans:
-        if p.fallback:
-            print(f"lowbit convert: {p.name}: {p.fallback}", file=sys.stderr)
+    _print_fallbacks(plans)
 
     partial = _prepare_out(out, force)
     # Hashing the source (as large as the model) overlaps the conversion:
