@@ -37,7 +37,7 @@ def main() -> None:
     import torch
     from lowbit.default_model import default_model_path
     from lowbit.eval_text import DEFAULT_CONTEXT, DEFAULT_TOKENS
-    from lowbit.upcycle import _load_dense, _windows_from_text
+    from lowbit.upcycle import _encode_text, _load_dense, _windows_from_text
     from lowbit.upcycle_split import split_layer, topk_mask
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -46,8 +46,9 @@ def main() -> None:
     src = default_model_path()
     model = _load_dense(src)
     layers = model.model.layers
-    ev = _windows_from_text(src, None, 0, DEFAULT_TOKENS, DEFAULT_CONTEXT)
-    cal = _windows_from_text(src, None, DEFAULT_TOKENS, args.calibration_tokens, DEFAULT_CONTEXT)
+    text = _encode_text(src, None)
+    ev = _windows_from_text(text, 0, DEFAULT_TOKENS, DEFAULT_CONTEXT)
+    cal = _windows_from_text(text, DEFAULT_TOKENS, args.calibration_tokens, DEFAULT_CONTEXT)
 
     def run(mask=None) -> float:
         """Mean NLL on the evaluation windows, FFN activations times mask(i, x, act)."""
@@ -80,7 +81,7 @@ def main() -> None:
     down_norm = [layer.mlp.down_proj.weight.detach().norm(dim=0) for layer in layers]
     splits = [
         split_layer(*grabbed[i], layers[i].mlp.down_proj.weight.detach().numpy(),
-                    EXPERTS, TOP_K, 0, i, f"layer {i}")
+                    EXPERTS, TOP_K, 0, i, f"layer {i}")[0]
         for i in range(len(layers))
     ]  # fmt: skip
     member = []

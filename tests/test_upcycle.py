@@ -259,7 +259,7 @@ def test_split_refit_lowers_the_routed_error() -> None:
     gate, up = rng.standard_normal((2, 32, 16)).astype(np.float32)
     act = (gate @ x.T).T * (1 / (1 + np.exp(-(gate @ x.T).T))) * (up @ x.T).T
     down = rng.standard_normal((16, 32)).astype(np.float32)
-    layer = split_layer(x, act, down, 4, 2, 0, 0, "test")
+    layer, _ = split_layer(x, act, down, 4, 2, 0, 0, "test")
     z = act * _neuron_weights(x, layer.router, layer.groups, None, 2, 32)
     dense = act @ down.T
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +68,11 @@ class EvalWindows:
         h = hashlib.sha256(np.ascontiguousarray(self.windows, np.int64).tobytes())
         h.update(f"context={self.context}".encode())
         return h.hexdigest()
+
+
+def encode_files(tokenizer: Any, files: list[Path]) -> tuple[list[int], str]:
+    """The files' text (read_text) as token ids, and the label naming the files."""
+    return tokenizer.encode(read_text(files)), ", ".join(f.name for f in files)
 
 
 def make_windows(ids: list[int], context: int, max_tokens: int, source: str) -> EvalWindows:

@@ -40,13 +40,14 @@ from lowbit.eval_text import (
     DEFAULT_TOKENS,
     EvalWindows,
     default_text_files,
+    encode_files,
     make_windows,
-    read_text,
 )
 from lowbit.outdir import commit, copy_side_files, start_partial
 from lowbit.safetensors_writer import StreamingWriter, TensorSpec
 from lowbit.tokenizer import TOKENIZER_FILE, Tokenizer
 from lowbit.upcycle_split import SplitLayer, split_model, topk_mask
+from lowbit.validate import LogitComparison
 
 MODES = ("copy", "split")
 ROUTERS = ("random", "zero", "hidden")
@@ -209,16 +210,20 @@ def _check_args(
 # ---------------------------------------------------------------- text and statistics
 
 
-def _windows_from_text(
-    src: Path, files: list[Path] | None, skip: int, tokens: int, context: int
-) -> EvalWindows:
+def _encode_text(src: Path, files: list[Path] | None) -> tuple[list[int], str]:
+    """The calibration and evaluation text's token ids (SRC's tokenizer) and its label."""
     if not (src / TOKENIZER_FILE).is_file():
         raise UpcycleError(
             f"{src}: no {TOKENIZER_FILE}; calibration and evaluation text need the tokenizer"
         )
-    files = files or default_text_files()
-    ids = Tokenizer(src).encode(read_text(files))
-    source = ", ".join(f.name for f in files)
+    return encode_files(Tokenizer(src), files or default_text_files())
+
+
+def _windows_from_text(
+    text: tuple[list[int], str], skip: int, tokens: int, context: int
+) -> EvalWindows:
+    """Windows of ``tokens`` ids after the first ``skip`` ones."""
+    ids, source = text
     if len(ids) < skip + context:
         skip = 0  # a short user text: calibrate on it from the start
     return make_windows(ids[skip:], min(context, tokens), tokens, source)
@@ -376,13 +381,20 @@ def upcycle(
 
     # Calibration statistics: FFN inputs (router, load balance) and, in split
     # mode, the activations the neurons are clustered on.
-    need_calib = mode == "split" or router == "hidden" or evaluate
+    calib_from_text = calibration_ids is None and (
+        mode == "split" or router == "hidden" or (evaluate and has_tok)
+    )
+    eval_from_text = evaluate and eval_ids is None and has_tok
+    # Tokenized once for both: the evaluation windows come first, the
+    # calibration windows after them.
+    text = _encode_text(src, files) if calib_from_text or eval_from_text else None
     calib = None
     if calibration_ids is not None:
         calib = _as_windows(calibration_ids, "calibration_ids")
-    elif need_calib and (has_tok or mode == "split" or router == "hidden"):
+    elif calib_from_text:
+        assert text is not None
         tokens = calibration_tokens or CALIBRATION_TOKENS[mode]
-        calib = _windows_from_text(src, files, eval_tokens, tokens, context)
+        calib = _windows_from_text(text, eval_tokens, tokens, context)
     dense = _load_dense(src) if calib is not None else None
 
     shared_inter = NO_SHARED if target.shared else 0
@@ -462,14 +474,15 @@ def upcycle(
                     router, experts, hidden, config, seed, i, stats[i] if stats else None
                 )
                 writer.write(target.router.format(l=i), r.astype(dt))
+                # Noise std per projection: the same for every expert's copy.
+                std = {
+                    q: sigma if sigma_rel is None else sigma_rel * float(w[q].std(dtype=np.float64))
+                    for q in w
+                }
                 for e in range(experts):
                     for q in ("gate", "up", "down"):
                         t = w[q].copy()
-                        s = (
-                            sigma
-                            if sigma_rel is None
-                            else sigma_rel * float(w[q].std(dtype=np.float64))
-                        )
+                        s = std[q]
                         if s > 0:
                             _core.add_gaussian_noise(
                                 t, s, seed, _stream(i, e, q), f"layer {i} expert {e} {q}"
@@ -528,8 +541,8 @@ def upcycle(
         ev = None
         if eval_ids is not None:
             ev = _as_windows(eval_ids, "eval_ids")
-        elif has_tok:
-            ev = _windows_from_text(src, files, 0, eval_tokens, context)
+        elif text is not None:
+            ev = _windows_from_text(text, 0, eval_tokens, context)
         else:
             notes.append("no tokenizer and no eval_ids: the model was not evaluated")
         if ev is not None:
@@ -646,33 +659,18 @@ def compare_models(
 ) -> dict[str, Any]:
     """KL divergence, perplexities and agreement of the MoE checkpoint against
     the dense one, both run by transformers in float32 on ``windows``."""
-    from lowbit.validate import _log_softmax
-
     dense = dense if dense is not None else _load_dense(dense_dir)
     base = _logits(dense, windows)
     moe, _info = load_moe(moe_dir)
     ours = _logits(moe, windows)
-    nll_b, nll_o, kld, same = [], [], [], []
+    comparison = LogitComparison()
     for w, ids in enumerate(windows.windows):
-        lp_b = _log_softmax(base[w, :-1])
-        lp_o = _log_softmax(ours[w, :-1])
-        rows = np.arange(len(ids) - 1)
-        nll_b.append(-lp_b[rows, ids[1:]])
-        nll_o.append(-lp_o[rows, ids[1:]])
-        kld.append(np.einsum("ij,ij->i", np.exp(lp_b), lp_b - lp_o))
-        same.append(lp_b.argmax(1) == lp_o.argmax(1))
-    kl = np.maximum(np.concatenate(kld), 0.0)
-    ppl_b = math.exp(float(np.concatenate(nll_b).mean()))
-    ppl = math.exp(float(np.concatenate(nll_o).mean()))
+        comparison.add(base[w, :-1], ours[w, :-1], ids[1:])
     return {
         "text": windows.source,
-        "predictions": int(kl.size),
-        "ppl_dense": ppl_b,
-        "ppl": ppl,
-        "delta_ppl_pct": 100.0 * (ppl / ppl_b - 1.0),
-        "kld_mean": float(kl.mean()),
-        "kld_p99": float(np.percentile(kl, 99)),
-        "same_top": float(np.concatenate(same).mean()),
+        "predictions": windows.predictions,
+        **comparison.metrics("dense"),
+        # The last position has no target, but its logits count here.
         "max_rel_logit_error": float(np.abs(ours - base).max() / np.abs(base).max()),
     }
 

@@ -95,9 +95,11 @@ def split_layer(
     shared: int,
     seed: int,
     name: str,
-) -> SplitLayer:
+) -> tuple[SplitLayer, np.ndarray]:
     """Split one FFN from its calibration inputs x [T, hidden] and
-    activations act [T, intermediate]; down is the dense [hidden, intermediate]."""
+    activations act [T, intermediate]; down is the dense [hidden, intermediate].
+    Also returns the activations as the MoE layer weighs them [T, intermediate]
+    (the split FFN's output is those times the refitted down projection)."""
     down = np.asarray(down, np.float32)
     mass = np.abs(act) * np.linalg.norm(down, axis=0)[None]
     neurons = np.arange(act.shape[1])
@@ -116,7 +118,7 @@ def split_layer(
     groups = [np.sort(neurons[labels == e]) for e in range(experts)]
     if top_k == experts:
         zero = np.zeros((experts, x.shape[1]), np.float32)
-        return SplitLayer(zero, groups, shared_idx, down, x)
+        return SplitLayer(zero, groups, shared_idx, down, x), act
 
     # The router: which groups hold the most energy on each token.
     member = np.zeros((len(neurons), experts), np.float32)
@@ -130,7 +132,7 @@ def split_layer(
     z = act * _neuron_weights(x, router, groups, shared_idx, top_k, act.shape[1])
     dense_out = act @ down.T
     refit = _ridge(z.T @ z, z.T @ dense_out, REFIT_RIDGE, prior=down.T)
-    return SplitLayer(router, groups, shared_idx, refit.T.astype(np.float32), x)
+    return SplitLayer(router, groups, shared_idx, refit.T.astype(np.float32), x), z
 
 
 def _neuron_weights(
@@ -178,14 +180,12 @@ def split_model(
             shape = h.shape
             x = h.reshape(-1, shape[-1]).float()
             act = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
-            x_np, act_np = x.numpy(), act.numpy()
-            layer = split_layer(
-                x_np, act_np, mlp.down_proj.weight.detach().float().numpy(),
+            layer, routed = split_layer(
+                x.numpy(), act.numpy(), mlp.down_proj.weight.detach().float().numpy(),
                 experts, top_k, shared, seed + i, f"layer {i} FFN neurons",
             )  # fmt: skip
             built.append(layer)
-            w = _neuron_weights(x_np, layer.router, layer.groups, layer.shared, top_k, act.shape[1])
-            out = (act_np * w) @ layer.down.T
+            out = routed @ layer.down.T
             return torch.from_numpy(out.astype(np.float32)).reshape(*shape[:-1], -1).to(h.dtype)
 
         return forward

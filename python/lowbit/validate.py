@@ -32,8 +32,8 @@ from lowbit.eval_text import (
     DEFAULT_TOKENS,
     EvalWindows,
     default_text_files,
+    encode_files,
     make_windows,
-    read_text,
 )
 from lowbit.manifest import load as load_manifest
 from lowbit.metrics import weight_error
@@ -160,8 +160,8 @@ def evaluation_windows(
         raise TokenizerError(
             f"model-level validation needs {TOKENIZER_FILE} in {model_dir} or {baseline}"
         )
-    text = read_text(files)
-    return make_windows(tok.encode(text), context, max_tokens, ", ".join(f.name for f in files))
+    ids, source = encode_files(tok, files)
+    return make_windows(ids, context, max_tokens, source)
 
 
 def _baseline_key(baseline: Path, windows: EvalWindows) -> str:
@@ -213,6 +213,43 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
 
 
+@dataclass
+class LogitComparison:
+    """Next-token agreement of a model with a baseline, accumulated block of
+    rows by block of rows: perplexities, KL divergence, same top token."""
+
+    nll_base: list[np.ndarray] = field(default_factory=list)
+    nll_ours: list[np.ndarray] = field(default_factory=list)
+    kld: list[np.ndarray] = field(default_factory=list)
+    same: list[np.ndarray] = field(default_factory=list)
+    max_delta: float = 0.0  # max |ours - base| over all logits
+
+    def add(self, base: np.ndarray, ours: np.ndarray, targets: np.ndarray) -> None:
+        """Logits [rows, vocab] of both models and each row's next token."""
+        lp_b = _log_softmax(base)
+        lp_o = _log_softmax(ours)
+        rows = np.arange(len(targets))
+        self.nll_base.append(-lp_b[rows, targets])
+        self.nll_ours.append(-lp_o[rows, targets])
+        self.kld.append(np.einsum("ij,ij->i", np.exp(lp_b), lp_b - lp_o))
+        self.same.append(lp_b.argmax(1) == lp_o.argmax(1))
+        self.max_delta = max(self.max_delta, float(np.abs(ours - base).max()))
+
+    def metrics(self, base_name: str) -> dict[str, float]:
+        """ppl_{base_name}, ppl, delta_ppl_pct, kld_mean, kld_p99, same_top."""
+        kl = np.maximum(np.concatenate(self.kld), 0.0)  # rounding can dip a hair below 0
+        ppl_base = math.exp(float(np.concatenate(self.nll_base).mean()))
+        ppl = math.exp(float(np.concatenate(self.nll_ours).mean()))
+        return {
+            f"ppl_{base_name}": ppl_base,
+            "ppl": ppl,
+            "delta_ppl_pct": 100.0 * (ppl / ppl_base - 1.0),
+            "kld_mean": float(kl.mean()),
+            "kld_p99": float(np.percentile(kl, 99)),
+            "same_top": float(np.concatenate(self.same).mean()),
+        }
+
+
 def model_metrics(model_dir: Path, windows: EvalWindows, base: np.ndarray) -> dict[str, Any]:
     """Perplexities, KL divergence and agreement of lowbit's runtime against
     the baseline logits, over every predicted position of every window."""
@@ -222,36 +259,20 @@ def model_metrics(model_dir: Path, windows: EvalWindows, base: np.ndarray) -> di
         raise ValidationError(
             f"baseline vocabulary {base.shape[2]} differs from the model's {vocab}"
         )
-    nll_base, nll_ours, kld, same = [], [], [], []
-    max_delta = 0.0
+    comparison = LogitComparison()
     for w, ids in enumerate(windows.windows):
         ours = model.forward(ids)
         targets = ids[1:]
         for r0 in range(0, len(targets), ROWS_PER_STEP):
             r1 = min(r0 + ROWS_PER_STEP, len(targets))
-            lp_b = _log_softmax(base[w, r0:r1])
-            lp_o = _log_softmax(ours[r0:r1])
-            rows = np.arange(r1 - r0)
-            nll_base.append(-lp_b[rows, targets[r0:r1]])
-            nll_ours.append(-lp_o[rows, targets[r0:r1]])
-            kld.append(np.einsum("ij,ij->i", np.exp(lp_b), lp_b - lp_o))
-            same.append(lp_b.argmax(1) == lp_o.argmax(1))
-            max_delta = max(max_delta, float(np.abs(ours[r0:r1] - base[w, r0:r1]).max()))
-    kl = np.maximum(np.concatenate(kld), 0.0)  # rounding can dip a hair below 0
-    ppl_base = math.exp(float(np.concatenate(nll_base).mean()))
-    ppl = math.exp(float(np.concatenate(nll_ours).mean()))
+            comparison.add(base[w, r0:r1], ours[r0:r1], targets[r0:r1])
     return {
         "text": windows.source,
         "context": windows.context,
         "windows": int(windows.windows.shape[0]),
         "predictions": windows.predictions,
-        "ppl_baseline": ppl_base,
-        "ppl": ppl,
-        "delta_ppl_pct": 100.0 * (ppl / ppl_base - 1.0),
-        "kld_mean": float(kl.mean()),
-        "kld_p99": float(np.percentile(kl, 99)),
-        "same_top": float(np.concatenate(same).mean()),
-        "max_delta_logit": max_delta,
+        **comparison.metrics("baseline"),
+        "max_delta_logit": comparison.max_delta,
     }
 
 

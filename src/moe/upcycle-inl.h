@@ -16,6 +16,7 @@
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 #include "moe/upcycle.h"
+#include "util/dot-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace lowbit {
@@ -80,20 +81,6 @@ void NoiseRange(float* x, size_t begin, size_t end, float sigma,
       x[k] = replace ? z : x[k] + sigma * z;
     }
   }
-}
-
-HWY_INLINE float Dot(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b,
-                     size_t n) {
-  const DF d;
-  const size_t N = hn::Lanes(d);
-  auto acc = hn::Zero(d);
-  size_t i = 0;
-  for (; i + N <= n; i += N) {
-    acc = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc);
-  }
-  float sum = hn::GetLane(hn::SumOfLanes(d, acc));
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
 }
 
 // sims[i * k + c] = <rows[i], centroids[c]> for rows [begin, end).

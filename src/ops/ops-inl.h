@@ -13,6 +13,7 @@
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 #include "ops/ops.h"
+#include "util/dot-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace lowbit {
@@ -20,25 +21,6 @@ namespace HWY_NAMESPACE {
 
 namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
-
-HWY_INLINE float Dot(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b,
-                     size_t n) {
-  const DF d;
-  const size_t N = hn::Lanes(d);
-  auto acc0 = hn::Zero(d);
-  auto acc1 = hn::Zero(d);
-  size_t i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
-    acc1 = hn::MulAdd(hn::LoadU(d, a + i + N), hn::LoadU(d, b + i + N), acc1);
-  }
-  for (; i + N <= n; i += N) {
-    acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
-  }
-  float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(acc0, acc1)));
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
 
 // Dot of float32 a with int8 codes b (times nothing: the caller scales).
 HWY_INLINE float DotI8(const float* HWY_RESTRICT a,
