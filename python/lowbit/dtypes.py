@@ -6,6 +6,7 @@ import ml_dtypes
 import numpy as np
 
 from lowbit import _core
+from lowbit.errors import ArgumentTypeError
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -24,7 +25,7 @@ def core_dtype(dtype: np.dtype, name: str) -> _core.DType:
     try:
         return _CORE_TYPES[np.dtype(dtype)]
     except KeyError:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{name}: dtype {np.dtype(dtype).name} is not supported; "
             "expected float32, float16 or bfloat16"
         ) from None

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.errors import LowbitError
+
 LICENSES_DIR = Path("/usr/share/common-licenses")
 # Fixed order, long texts first; symlinks (GPL -> GPL-3) are skipped.
 DEFAULT_FILES = ("GPL-3", "Apache-2.0", "MPL-2.0", "LGPL-2.1", "GFDL-1.3", "Artistic", "BSD")
@@ -26,7 +28,7 @@ DEFAULT_CONTEXT = 512
 DEFAULT_TOKENS = 1024
 
 
-class EvalTextError(ValueError):
+class EvalTextError(LowbitError):
     """The evaluation text is missing or too short for one window."""
 
 

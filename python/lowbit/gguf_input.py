@@ -17,10 +17,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from lowbit.errors import LowbitError
+
 IMPORT_RECORD = "lowbit-import.json"
 
 
-class GGUFError(ValueError):
+class GGUFError(LowbitError):
     """A GGUF file that cannot be imported; the message names it."""
 
 

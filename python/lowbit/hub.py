@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lowbit.errors import LowbitError
 from lowbit.hashing import CHUNK_BYTES, file_digest
 
 
-class DownloadError(RuntimeError):
+class DownloadError(LowbitError):
     """A download that failed or delivered damaged files; the message names them.
 
     ``bad_input``: the request itself was wrong (no such repository, revision

@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 
 from lowbit.architectures import family_of
+from lowbit.errors import LowbitError
 from lowbit.schemes import BLOCK_BYTES
 
 MANIFEST_FILE = "manifest.json"
@@ -33,7 +34,7 @@ PACKING = {
 }
 
 
-class ManifestError(ValueError):
+class ManifestError(LowbitError):
     """A manifest that is missing, unreadable or does not match its schema."""
 
 

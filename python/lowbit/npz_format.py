@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from lowbit import reference
+from lowbit.errors import LowbitError
 from lowbit.schemes import get_scheme
 
 NPZ_FORMAT_VERSION = "2"
@@ -134,5 +135,5 @@ def npz_member_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], int]]:
                     shape, _, dtype = header(f)
                 out[info.filename] = (tuple(shape), int(np.prod(shape)) * dtype.itemsize)
     except (zipfile.BadZipFile, ValueError, OSError) as e:
-        raise ValueError(f"{path}: not a readable NPZ file ({e})") from None
+        raise LowbitError(f"{path}: not a readable NPZ file ({e})") from None
     return out

@@ -9,6 +9,7 @@ import numpy as np
 
 from lowbit import _core
 from lowbit.dtypes import FLOAT_SCHEME_DTYPES, cast, core_dtype, raw_view
+from lowbit.errors import ArgumentError, ArgumentTypeError
 from lowbit.schemes import METHODS, Scheme, check_group_size, get_scheme
 
 _RULES = {
@@ -98,7 +99,7 @@ class QuantizedTensor:
         """
         x = _check_input(x, name)
         if x.shape != self.shape:
-            raise ValueError(f"{name}: shape {x.shape} differs from the quantized {self.shape}")
+            raise ArgumentError(f"{name}: shape {x.shape} differs from the quantized {self.shape}")
         s = get_scheme(self.scheme)
         if s.is_float:
             sig = noise = 0.0
@@ -144,11 +145,11 @@ class QuantizedTensor:
         """
         x = np.asarray(x)
         if x.dtype != np.float32:
-            raise TypeError(f"matmul input: expected float32, got {x.dtype}")
+            raise ArgumentTypeError(f"matmul input: expected float32, got {x.dtype}")
         vector = x.ndim == 1
         x2 = np.ascontiguousarray(x.reshape(1, -1) if vector else x)
         if x2.ndim != 2 or x2.shape[1] != self.shape[1]:
-            raise ValueError(
+            raise ArgumentError(
                 f"matmul input: shape {x.shape} does not fit a weight of shape {self.shape}"
             )
         y = self.weight().matmul(x2)
@@ -181,12 +182,12 @@ class QuantizedTensor:
 
 def _check_input(x: object, name: str) -> np.ndarray:
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy array, got {type(x).__name__}")
+        raise ArgumentTypeError(f"{name}: expected a numpy array, got {type(x).__name__}")
     core_dtype(x.dtype, name)
     if x.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D matrix, got shape {x.shape}")
+        raise ArgumentError(f"{name}: expected a 2-D matrix, got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name}: matrix is empty (shape {x.shape})")
+        raise ArgumentError(f"{name}: matrix is empty (shape {x.shape})")
     if not x.flags.c_contiguous:
         warnings.warn(
             f"{name}: array is not C-contiguous; quantizing a contiguous copy",
@@ -217,12 +218,14 @@ def quantize(
     """
     s = get_scheme(scheme)
     if method not in METHODS:
-        raise ValueError(f"{name}: unknown method {method!r}; known methods: {', '.join(METHODS)}")
+        raise ArgumentError(
+            f"{name}: unknown method {method!r}; known methods: {', '.join(METHODS)}"
+        )
     x = _check_input(x, name)
     if s.is_float:
         return QuantizedTensor(scheme, x.shape, cast(x, FLOAT_SCHEME_DTYPES[scheme], name))
     if method not in s.methods:
-        raise ValueError(
+        raise ArgumentError(
             f"{name}: method {method!r} does not apply to {scheme}; it takes {', '.join(s.methods)}"
         )
     gs = resolve_group_size(s, group_size)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lowbit.architectures import role_of
+from lowbit.errors import ArgumentError
 from lowbit.schemes import METHODS, fitting_group_sizes, get_scheme
 
 FLOAT32_ROLES = frozenset({"norm", "attn_q_norm", "attn_k_norm", "bias"})
@@ -112,14 +113,14 @@ def parse_rule(text: str) -> Rule:
     """``REGEX=SCHEME[:GROUP][:METHOD]``; a ValueError says what is wrong."""
     regex, sep, spec = text.rpartition("=")
     if not sep or not regex or not spec:
-        raise ValueError(f"scheme rule {text!r}: expected REGEX=SCHEME[:GROUP][:METHOD]")
+        raise ArgumentError(f"scheme rule {text!r}: expected REGEX=SCHEME[:GROUP][:METHOD]")
     try:
         pattern = re.compile(regex)
     except re.error as e:
-        raise ValueError(f"scheme rule {text!r}: bad regular expression ({e})") from None
+        raise ArgumentError(f"scheme rule {text!r}: bad regular expression ({e})") from None
     parts = spec.split(":")
     if len(parts) > 3:
-        raise ValueError(f"scheme rule {text!r}: expected SCHEME[:GROUP][:METHOD]")
+        raise ArgumentError(f"scheme rule {text!r}: expected SCHEME[:GROUP][:METHOD]")
     scheme = get_scheme(parts[0])
     group: int | None = scheme.default_group_size
     if len(parts) > 1 and parts[1] != "":
@@ -128,10 +129,12 @@ def parse_rule(text: str) -> Rule:
         elif parts[1].isdigit() and int(parts[1]) > 0:
             group = int(parts[1])
         else:
-            raise ValueError(f"scheme rule {text!r}: group {parts[1]!r} is not a size or 'row'")
+            raise ArgumentError(f"scheme rule {text!r}: group {parts[1]!r} is not a size or 'row'")
     method = parts[2] if len(parts) > 2 else "rtn"
     if method not in METHODS or (not scheme.is_float and method not in scheme.methods):
-        raise ValueError(f"scheme rule {text!r}: method {method!r} does not apply to {scheme.name}")
+        raise ArgumentError(
+            f"scheme rule {text!r}: method {method!r} does not apply to {scheme.name}"
+        )
     return Rule(pattern, Choice(scheme.name, None if scheme.is_float else group, method), text)
 
 
@@ -167,7 +170,7 @@ class Recipe:
     @classmethod
     def from_args(cls, preset: str = "q4", rules: list[str] | tuple[str, ...] = ()) -> Recipe:
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+            raise ArgumentError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
         return cls(PRESETS[preset], tuple(parse_rule(r) for r in rules))
 
     def plan(self, name: str, shape: tuple[int, ...]) -> TensorPlan:

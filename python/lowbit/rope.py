@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.errors import LowbitError
+
 SUPPORTED = ("default", "linear", "llama3")
 
 
-class RopeError(ValueError):
+class RopeError(LowbitError):
     """config.json asks for a rope type the runtime does not implement."""
 
 

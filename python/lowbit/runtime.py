@@ -21,6 +21,7 @@ from lowbit import _core
 from lowbit.architectures import family_of
 from lowbit.checkpoint import Checkpoint, CheckpointError
 from lowbit.dtypes import cast
+from lowbit.errors import ArgumentError, ArgumentTypeError, LowbitError
 from lowbit.inspect_model import inspect_model
 from lowbit.manifest import load as load_manifest
 from lowbit.npz_format import NPZ_FORMAT_VERSION
@@ -35,7 +36,7 @@ DEFAULT_CONTEXT = 4096
 KV_CACHE_TYPES = ("f32", "int8")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(LowbitError):
     """A model directory that cannot be run: names the file or tensor."""
 
 
@@ -82,7 +83,7 @@ class Model:
 
     def __init__(self, path: Path, context_length: int | None, kv_cache: str, verify: bool) -> None:
         if kv_cache not in KV_CACHE_TYPES:
-            raise ValueError(
+            raise ArgumentError(
                 f"kv_cache must be one of {', '.join(KV_CACHE_TYPES)}, got {kv_cache!r}"
             )
         if not path.is_dir():
@@ -101,7 +102,7 @@ class Model:
         model_ctx = int(self.manifest["model"]["context_length"])
         ctx = context_length or min(model_ctx, DEFAULT_CONTEXT)
         if ctx < 1:
-            raise ValueError(f"context_length must be positive, got {ctx}")
+            raise ArgumentError(f"context_length must be positive, got {ctx}")
         weights, vectors = self._read_weights()
         self._core = _core.Model(
             core_config(self.config), weights, vectors, ctx, kv_cache == "int8"
@@ -157,13 +158,15 @@ class Model:
     def _ids(self, token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         ids = np.asarray(token_ids)
         if ids.ndim != 1 or ids.size == 0:
-            raise ValueError(f"token ids must be a non-empty 1-D sequence, got shape {ids.shape}")
+            raise ArgumentError(
+                f"token ids must be a non-empty 1-D sequence, got shape {ids.shape}"
+            )
         if not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"token ids must be integers, got {ids.dtype}")
+            raise ArgumentTypeError(f"token ids must be integers, got {ids.dtype}")
         bad = (ids < 0) | (ids >= self.vocab_size)
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(
+            raise ArgumentError(
                 f"token id {int(ids[i])} at index {i} is outside the vocabulary "
                 f"[0, {self.vocab_size})"
             )
@@ -174,7 +177,7 @@ class Model:
         chat template) or token ids as they are."""
         if not isinstance(prompt, str):
             if chat:
-                raise ValueError("chat needs a text prompt, not token ids")
+                raise ArgumentError("chat needs a text prompt, not token ids")
             return [int(t) for t in self._ids(list(prompt))]
         if self.tokenizer is None:
             raise TokenizerError(f"{self.path}: no {TOKENIZER_FILE}; give the prompt as token ids")
@@ -240,13 +243,13 @@ class Model:
         on_text: Callable[[str], None] | None,
     ) -> Iterator[int]:
         if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+            raise ArgumentError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         prompt = result.prompt_tokens
         if not prompt:
-            raise ValueError("the prompt is empty (no tokens)")
+            raise ArgumentError("the prompt is empty (no tokens)")
         needed = len(prompt) + max(max_new_tokens - 1, 0)
         if needed > self.context_length:
-            raise ValueError(
+            raise ArgumentError(
                 f"prompt ({len(prompt)} tokens) + {max_new_tokens} new tokens exceed the context "
                 f"of {self.context_length}; load with a larger context_length"
             )

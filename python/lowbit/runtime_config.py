@@ -16,6 +16,7 @@ import numpy as np
 
 from lowbit import _core
 from lowbit.architectures import family_of
+from lowbit.errors import LowbitError
 from lowbit.rope import inv_freq, rope_parameters
 
 # Families whose RMSNorm multiplies by (1 + w) and whose embeddings are scaled
@@ -34,7 +35,7 @@ _ACTIVATIONS = {
 IGNORED = re.compile(r"rotary_emb\.inv_freq$")
 
 
-class RuntimeConfigError(ValueError):
+class RuntimeConfigError(LowbitError):
     """config.json describes something the runtime cannot run."""
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lowbit.errors import ArgumentError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -18,11 +20,11 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise ArgumentError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise ArgumentError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ArgumentError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lowbit.errors import ArgumentError
+
 METHODS = ("rtn", "mse", "hqq")
 
 # Codes are packed into 16-byte blocks; see src/quant/quant_params.h.
@@ -131,7 +133,9 @@ def get_scheme(name: str) -> Scheme:
     try:
         return SCHEMES[name]
     except KeyError:
-        raise ValueError(f"unknown scheme {name!r}; known schemes: {', '.join(SCHEMES)}") from None
+        raise ArgumentError(
+            f"unknown scheme {name!r}; known schemes: {', '.join(SCHEMES)}"
+        ) from None
 
 
 def fitting_group_sizes(cols: int) -> list[int]:
@@ -144,12 +148,14 @@ def check_group_size(group_size: int | None, cols: int, name: str) -> None:
     if group_size is None:
         return
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
-        raise ValueError(f"{name}: group_size must be a positive int or None, got {group_size!r}")
+        raise ArgumentError(
+            f"{name}: group_size must be a positive int or None, got {group_size!r}"
+        )
     if group_size % BLOCK_BYTES == 0 and cols % group_size == 0:
         return
     fits = [g for g in fitting_group_sizes(cols) if g <= 256]
     hint = ", ".join(map(str, fits)) if fits else "none"
-    raise ValueError(
+    raise ArgumentError(
         f"{name}: group size {group_size} does not fit rows of {cols} weights "
         f"(it must be a multiple of {BLOCK_BYTES} that divides the row); "
         f"group sizes that fit: {hint}; or group_size=None for one group per row"

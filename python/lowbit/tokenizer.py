@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lowbit.errors import LowbitError
+
 TOKENIZER_FILE = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(LowbitError):
     """A prompt needs a tokenizer or chat template the model directory lacks."""
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lowbit.errors import LowbitError
+
 # By stored bits: the reference documents' table, plus float16/bfloat16
 # (rounding: at most 2^-9 relative, bfloat16) and float32 (exact copies).
 DEFAULT_WEIGHT_REL_ERROR = {8: 0.02, 4: 0.10, 2: 0.20, 1: 0.50, 16: 0.005, 32: 1e-6}
@@ -42,7 +44,7 @@ MODEL_LIMITS = {
 }
 
 
-class ToleranceError(ValueError):
+class ToleranceError(LowbitError):
     """A tolerances file that cannot be read or has unknown keys."""
 
 

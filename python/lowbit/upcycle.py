@@ -35,6 +35,7 @@ import numpy as np
 from lowbit import _core
 from lowbit.architectures import UnsupportedArchitecture, family_of
 from lowbit.checkpoint import Checkpoint
+from lowbit.errors import LowbitError
 from lowbit.eval_text import (
     DEFAULT_CONTEXT,
     DEFAULT_TOKENS,
@@ -62,7 +63,7 @@ CALIBRATION_TOKENS = {"copy": 2048, "split": 16384}
 NO_SHARED = 1
 
 
-class UpcycleError(ValueError):
+class UpcycleError(LowbitError):
     """Bad upcycling input: the message names the problem."""
 
 

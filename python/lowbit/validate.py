@@ -27,6 +27,7 @@ import numpy as np
 
 from lowbit.checkpoint import Checkpoint, CheckpointError
 from lowbit.default_model import cache_dir
+from lowbit.errors import LowbitError
 from lowbit.eval_text import (
     DEFAULT_CONTEXT,
     DEFAULT_TOKENS,
@@ -47,7 +48,7 @@ from lowbit.tolerances import Tolerances, load_tolerances, violations
 ROWS_PER_STEP = 64
 
 
-class ValidationError(ValueError):
+class ValidationError(LowbitError):
     """Validation cannot run: a baseline that does not match, a missing tokenizer."""
 
 
