@@ -18,10 +18,14 @@ from runtime_helpers import hf_logits, prompt_ids, relative_error
 pytest.importorskip("transformers")
 
 # ΔPPL of top-4 of 8 against the dense model, default calibration (16384
-# tokens) and evaluation (1024 tokens) text. Measured +73.5% (2026-11-23);
-# the target of 5% is NOT reached (README, "MoE upcycling").
+# tokens) and evaluation (1024 tokens) text. Measured 2026-12-01 on an Intel
+# Xeon, AVX3 with 2 threads and AVX2 with 1 thread, OPENBLAS_NUM_THREADS=1 and
+# ATEN_CPU_CAPABILITY=avx2: +76.239% both (the same partition, see
+# test_split_determinism.py; before the split ran in float64 the same machine
+# gave 82-111% depending on the target and threads). The target of 5%
+# is NOT reached (README, "MoE upcycling").
 TOP4_MAX_DELTA_PPL_PCT = 85.0
-TOP4_MAX_KLD = 0.85  # measured 0.729
+TOP4_MAX_KLD = 0.85  # measured 0.7774 on both targets
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,15 @@
 
 __version__ = "0.1.0"  # before the imports below: convert records it
 
+import os
+
 from lowbit import _core
+
+# LOWBIT_TARGET=AVX2 (or SSE4, ...) runs every kernel on that SIMD target
+# instead of the best one: to check, on one machine, that results and test
+# limits hold on machines of another kind.
+if os.environ.get("LOWBIT_TARGET"):
+    _core.force_target(os.environ["LOWBIT_TARGET"])
 from lowbit.convert import convert
 from lowbit.hub import download
 from lowbit.quantize import QuantizedTensor, quantize

@@ -57,9 +57,13 @@ def inv_freq(
     dim = int(params.get("partial_rotary_factor", 1.0) * head_dim)
     if dim != head_dim:
         raise RopeError(f"{where}: partial rotary embeddings are not supported")
-    # As transformers: exponents in float32, base ** exponent in float32.
+    # As transformers: exponents in float32, base ** exponent rounded to
+    # float32. The power is taken in float64 and rounded once, so that the
+    # frequencies are the same on every machine (a float32 power differs in
+    # its last bit between SIMD implementations; transformers' is within that).
     exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    freq = (1.0 / np.power(np.float32(theta), exponents, dtype=np.float32)).astype(np.float32)
+    power = np.power(np.float64(theta), exponents.astype(np.float64))
+    freq = (1.0 / power).astype(np.float32)
     if rope_type == "linear":
         freq = (freq / np.float32(params["factor"])).astype(np.float32)
     elif rope_type == "llama3":

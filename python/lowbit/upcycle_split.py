@@ -25,6 +25,17 @@ Layers are calibrated in order in one pass: layer i sees the inputs that the
 already-split layers 0..i-1 produce, so a layer's fit corrects for what the
 layers before it lost (as GPTQ quantises layer by layer).
 
+The same model gives the same split on every machine. The partition is a
+chain of discrete choices (k-means assignments, each token's top-k groups,
+the router's top-k), and each layer's choices shape the next layer's inputs;
+computed in float32, the ulp-level differences between SIMD targets and BLAS
+thread counts flipped a few near-ties and moved hundreds of neurons (one model
+measured 82-111% ΔPPL on one machine). So the calibration pass and every fit
+run in float64, where those differences are ~1e-16 and no choice sees them;
+the clustering kernels' float32 inputs are rounded from float64 and their
+similarities accumulated in float64 (see DotReproducible in the core). The
+exported router and down projections are rounded to float32 at the end.
+
 With top-k = N nothing is fitted: the router is zero (all weights 1/N, times
 N) and the down projection the dense one, which gives the dense FFN exactly
 up to float rounding.
@@ -32,6 +43,8 @@ up to float rounding.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +76,7 @@ class SplitLayer:
     groups: list[np.ndarray]  # ascending neuron indices of each expert
     shared: np.ndarray | None  # neuron indices of the always-on shared expert
     down: np.ndarray  # [hidden, intermediate] float32, refitted, before the x k
-    x: np.ndarray  # [tokens, hidden] FFN inputs on the calibration text
+    x: np.ndarray  # [tokens, hidden] float32 FFN inputs on the calibration text
 
 
 def topk_mask(scores: np.ndarray, k: int) -> np.ndarray:
@@ -98,9 +111,12 @@ def split_layer(
 ) -> tuple[SplitLayer, np.ndarray]:
     """Split one FFN from its calibration inputs x [T, hidden] and
     activations act [T, intermediate]; down is the dense [hidden, intermediate].
-    Also returns the activations as the MoE layer weighs them [T, intermediate]
-    (the split FFN's output is those times the refitted down projection)."""
-    down = np.asarray(down, np.float32)
+    Also returns the layer's output on the calibration tokens [T, hidden]
+    (the activations as the MoE layer weighs them, times the refitted down
+    projection). Computed in float64 whatever the inputs' type."""
+    x = np.asarray(x, np.float64)
+    act = np.asarray(act, np.float64)
+    down = np.asarray(down, np.float64)
     mass = np.abs(act) * np.linalg.norm(down, axis=0)[None]
     neurons = np.arange(act.shape[1])
     shared_idx = None
@@ -116,23 +132,28 @@ def split_layer(
     if top_k < experts:
         labels = _core.refine_for_top_k(energy, labels, experts, top_k, REFINE_ITERS, name)
     groups = [np.sort(neurons[labels == e]) for e in range(experts)]
+    x32 = x.astype(np.float32)
     if top_k == experts:
         zero = np.zeros((experts, x.shape[1]), np.float32)
-        return SplitLayer(zero, groups, shared_idx, down, x), act
+        return SplitLayer(zero, groups, shared_idx, down.astype(np.float32), x32), act @ down.T
 
     # The router: which groups hold the most energy on each token.
-    member = np.zeros((len(neurons), experts), np.float32)
-    member[np.arange(len(neurons)), labels] = 1.0
-    oracle = topk_mask(energy.T @ member, top_k)
+    group_energy = np.stack(
+        [energy[labels == e].sum(axis=0, dtype=np.float64) for e in range(experts)], axis=1
+    )
+    oracle = topk_mask(group_energy, top_k)
     coef = _ridge(x.T @ x, x.T @ oracle, ROUTER_RIDGE)  # [hidden, experts]
     spread = float((x @ coef).std()) or 1.0
-    router = (coef.T * (LOGIT_SPREAD / spread)).astype(np.float32)
+    router = coef.T * (LOGIT_SPREAD / spread)
 
     # The down projection refitted to the routed activations.
     z = act * _neuron_weights(x, router, groups, shared_idx, top_k, act.shape[1])
     dense_out = act @ down.T
     refit = _ridge(z.T @ z, z.T @ dense_out, REFIT_RIDGE, prior=down.T)
-    return SplitLayer(router, groups, shared_idx, refit.T.astype(np.float32), x), z
+    layer = SplitLayer(
+        router.astype(np.float32), groups, shared_idx, refit.T.astype(np.float32), x32
+    )
+    return layer, z @ refit
 
 
 def _neuron_weights(
@@ -143,10 +164,10 @@ def _neuron_weights(
     top_k: int,
     intermediate: int,
 ) -> np.ndarray:
-    """[T, intermediate]: what the MoE layer multiplies each neuron's activation
-    by (top_k x its expert's renormalised routing weight, 0 if not chosen;
-    1 for the shared expert, sigmoid(0) x 2), as transformers computes it."""
-    logits = (x @ router.T).astype(np.float64)
+    """[T, intermediate] float64: what the MoE layer multiplies each neuron's
+    activation by (top_k x its expert's renormalised routing weight, 0 if not
+    chosen; 1 for the shared expert, sigmoid(0) x 2), as transformers computes it."""
+    logits = np.asarray(x, np.float64) @ np.asarray(router, np.float64).T
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     chosen = topk_mask(logits, top_k) * probs
     weights = chosen / chosen.sum(axis=1, keepdims=True) * top_k
@@ -154,7 +175,7 @@ def _neuron_weights(
     owner = np.full(intermediate, len(groups))
     for e, g in enumerate(groups):
         owner[g] = e
-    columns = np.concatenate([weights, np.ones((x.shape[0], 1))], axis=1).astype(np.float32)
+    columns = np.concatenate([weights, np.ones((x.shape[0], 1))], axis=1)
     return columns[:, owner]
 
 
@@ -169,7 +190,7 @@ def split_model(
     """Every layer split in order, in one forward pass over all windows as a
     batch: each layer's FFN is replaced, as the pass reaches it, by its split
     (the output the MoE checkpoint computes), so later layers calibrate on the
-    MoE model's own inputs."""
+    MoE model's own inputs. The pass runs in float64 (see ``float64_pass``)."""
     import torch
 
     layers = model.model.layers
@@ -178,24 +199,98 @@ def split_model(
     def split_forward(mlp: Any, i: int):  # noqa: ANN202
         def forward(h: torch.Tensor) -> torch.Tensor:
             shape = h.shape
-            x = h.reshape(-1, shape[-1]).float()
+            x = h.reshape(-1, shape[-1])
             act = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
-            layer, routed = split_layer(
-                x.numpy(), act.numpy(), mlp.down_proj.weight.detach().float().numpy(),
+            layer, out = split_layer(
+                x.numpy(), act.numpy(), mlp.down_proj.weight.detach().numpy(),
                 experts, top_k, shared, seed + i, f"layer {i} FFN neurons",
             )  # fmt: skip
             built.append(layer)
-            out = routed @ layer.down.T
-            return torch.from_numpy(out.astype(np.float32)).reshape(*shape[:-1], -1).to(h.dtype)
+            return torch.from_numpy(out).reshape(*shape[:-1], -1).to(h.dtype)
 
         return forward
 
-    try:
-        for i, layer in enumerate(layers):
-            layer.mlp.forward = split_forward(layer.mlp, i)
-        with torch.inference_mode():
-            model(torch.from_numpy(np.asarray(windows, np.int64)))
-    finally:
-        for layer in layers:
-            layer.mlp.__dict__.pop("forward", None)  # the class's forward again
+    with float64_pass(model):
+        try:
+            for i, layer in enumerate(layers):
+                layer.mlp.forward = split_forward(layer.mlp, i)
+            with torch.inference_mode():
+                model(torch.from_numpy(np.asarray(windows, np.int64)))
+        finally:
+            for layer in layers:
+                layer.mlp.__dict__.pop("forward", None)  # the class's forward again
     return built
+
+
+@contextmanager
+def float64_pass(model: Any) -> Iterator[None]:
+    """The model computes in float64 throughout while inside.
+
+    ``model.to(float64)`` alone is not enough: transformers' RMSNorm and rotary
+    embedding compute in float32 whatever the model's type, and their float32
+    rounding (1e-7, different on AVX2 and AVX-512) is what made the split
+    machine-dependent. Both are replaced, for the duration, by float64 versions
+    of the same formulas; a norm whose output the replacement does not
+    reproduce is an error rather than a silent change of model. The weights
+    are float32 values, so converting back at the end is exact.
+    """
+    import torch
+
+    from lowbit.rope import inv_freq, rope_parameters
+
+    patched: list[Any] = []
+    dtype = next(model.parameters()).dtype
+    try:
+        for module in model.modules():
+            if type(module).__name__.endswith("RMSNorm"):
+                _check_standard_rms_norm(module)
+                module.forward = _rms_norm_float64(module)
+                patched.append(module)
+        config = model.config.to_dict()
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        freq, scaling = inv_freq(rope_parameters(config), head_dim)
+        rotary = model.model.rotary_emb
+        rotary.forward = _rotary_float64(torch.from_numpy(freq.astype(np.float64)), scaling)
+        patched.append(rotary)
+        model.to(torch.float64)
+        yield
+    finally:
+        for module in patched:
+            module.__dict__.pop("forward", None)
+        model.to(dtype)
+
+
+def _rms_norm_float64(module: Any):  # noqa: ANN202
+    import torch
+
+    eps = float(module.variance_epsilon)
+
+    def forward(h: torch.Tensor) -> torch.Tensor:
+        return module.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps))
+
+    return forward
+
+
+def _check_standard_rms_norm(module: Any) -> None:
+    """The module computes weight * x / rms(x) (not Gemma's (1 + weight))."""
+    import torch
+
+    if not hasattr(module, "variance_epsilon") or not hasattr(module, "weight"):
+        raise NotImplementedError(f"{type(module).__name__}: not a weight * x / rms(x) norm")
+    x = torch.linspace(-2.0, 3.0, module.weight.shape[-1], dtype=module.weight.dtype)[None]
+    with torch.inference_mode():
+        ours = _rms_norm_float64(module)(x)
+        theirs = module(x)
+    if not torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6):
+        raise NotImplementedError(f"{type(module).__name__}: not a weight * x / rms(x) norm")
+
+
+def _rotary_float64(freq: Any, scaling: float):  # noqa: ANN202 (a torch tensor)
+    import torch
+
+    def forward(x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = position_ids[..., None].to(torch.float64) * freq
+        emb = torch.cat((angles, angles), dim=-1)
+        return (emb.cos() * scaling).to(x.dtype), (emb.sin() * scaling).to(x.dtype)
+
+    return forward

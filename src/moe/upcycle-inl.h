@@ -83,12 +83,15 @@ void NoiseRange(float* x, size_t begin, size_t end, float sigma,
   }
 }
 
-// sims[i * k + c] = <rows[i], centroids[c]> for rows [begin, end).
+// sims[i * k + c] = <rows[i], centroids[c]> for rows [begin, end). The
+// clusterings compare these, so they are the same on every target and thread
+// count (see DotReproducible): a float32 Dot made the same model split
+// differently on AVX2 and AVX-512 machines.
 void SimilarityRows(const float* rows, const float* centroids, size_t begin,
                     size_t end, size_t d, size_t k, float* sims) {
   for (size_t i = begin; i < end; ++i) {
     for (size_t c = 0; c < k; ++c) {
-      sims[i * k + c] = Dot(rows + i * d, centroids + c * d, d);
+      sims[i * k + c] = DotReproducible(rows + i * d, centroids + c * d, d);
     }
   }
 }
