@@ -19,7 +19,7 @@ import numpy as np
 
 from lowbit import _core
 from lowbit.architectures import family_of
-from lowbit.checkpoint import Checkpoint, CheckpointError
+from lowbit.checkpoint import Checkpoint, CheckpointError, refuse_custom_code
 from lowbit.dtypes import cast
 from lowbit.errors import ArgumentError, ArgumentTypeError, LowbitError
 from lowbit.inspect_model import inspect_model
@@ -89,6 +89,7 @@ class Model:
         if not path.is_dir():
             raise ModelLoadError(f"{path}: no such model directory")
         self.path = path
+        refuse_custom_code(path)
         self.manifest = load_manifest(path)
         if self.manifest["format_version"] == NPZ_FORMAT_VERSION:
             raise ModelLoadError(

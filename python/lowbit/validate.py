@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from lowbit.checkpoint import Checkpoint, CheckpointError
+from lowbit.checkpoint import Checkpoint, CheckpointError, refuse_custom_code
 from lowbit.default_model import cache_dir
 from lowbit.errors import LowbitError
 from lowbit.eval_text import (
@@ -191,7 +191,10 @@ def baseline_logits(baseline: Path, windows: EvalWindows, cache: Path) -> np.nda
     import torch
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(baseline, dtype=torch.float32)
+    refuse_custom_code(baseline)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        baseline, dtype=torch.float32, trust_remote_code=False
+    )
     model.eval()
     cache.mkdir(parents=True, exist_ok=True)
     vocab = int(model.config.vocab_size)
