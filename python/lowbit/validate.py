@@ -113,7 +113,7 @@ def weight_metrics(
     model_dir: Path, manifest: dict[str, Any], base: Checkpoint
 ) -> list[dict[str, Any]]:
     """Per stored tensor: its error against the baseline's tensor of that name."""
-    ck = Checkpoint(model_dir)
+    ck = Checkpoint(model_dir, files=[f["name"] for f in manifest["files"]])
     out = []
     for w in manifest["weights"]:
         name = w["name"]
