@@ -32,7 +32,7 @@ def check_name(name: object, what: str) -> str:
     directory exists (a Hub listing); ``confined`` does this and more.
     """
     if not isinstance(name, str) or not name or "\0" in name:
-        raise UnsafePathError(f"{what}: {name!r} is not a file name")
+        raise UnsafePathError(f"{what}: {name!r} is not a file name; refused")
     parts = PurePosixPath(name).parts
     if PurePosixPath(name).is_absolute() or "\\" in name or ".." in parts:
         raise UnsafePathError(
