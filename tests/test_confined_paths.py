@@ -212,3 +212,16 @@ def test_load_refuses_a_config_linking_outside(model, tmp_path):
     (model / "config.json").symlink_to(elsewhere)
     with pytest.raises(UnsafePathError, match=r"config\.json"):
         lowbit.load(model)
+
+
+def test_a_converted_model_in_a_hub_cache_snapshot_loads_and_verifies(sharded, tmp_path):
+    repo = tmp_path / "models--org--tiny-lowbit"
+    snap = repo / "snapshots" / "0123abcd"
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in sharded.iterdir():
+        shutil.copy(f, repo / "blobs" / f"blob-{f.name}")
+        (snap / f.name).symlink_to(Path("../../blobs") / f"blob-{f.name}")
+    ids = prompt_ids(n=4)
+    got = lowbit.load(snap, verify=True).forward(ids)
+    np.testing.assert_array_equal(got, lowbit.load(sharded).forward(ids))
