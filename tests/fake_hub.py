@@ -9,6 +9,10 @@ repositories held in memory:
 - ``HEAD``/``GET /{repo}/resolve/{rev}/{path}``: file metadata (``X-Repo-Commit``,
   ``ETag``) and content, with ``Range`` requests for resuming.
 
+File names are listed as given, hostile ones (``../x.safetensors``,
+``sub/../../x``, ``/abs``) included, and ``Repo.listed_sha256`` can list another
+LFS sha256 than the content's, as a hostile or broken server would.
+
 Faults a test can switch on: ``cut`` (send half of a file's bytes, close the
 connection, then answer 503 until cleared: an outage mid-transfer) and
 ``corrupt`` (serve other bytes than the listed hash). Every request is logged
@@ -40,6 +44,7 @@ class Repo:
     commit: str = "0123456789abcdef0123456789abcdef01234567"
     private: bool = False  # needs the token below
     token: str | None = None
+    listed_sha256: dict[str, str] = field(default_factory=dict)  # path -> sha256 listed
 
     def is_lfs(self, path: str) -> bool:
         return path.endswith(LFS_SUFFIXES)
@@ -163,7 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if repo.is_lfs(p):
             entry["lfs"] = {
-                "oid": hashlib.sha256(data).hexdigest(),
+                "oid": repo.listed_sha256.get(p, hashlib.sha256(data).hexdigest()),
                 "size": len(data),
                 "pointerSize": 134,
             }

@@ -178,3 +178,44 @@ def test_content_not_matching_its_sha256_is_reported_and_removed(hub, tmp_path, 
     assert r.returncode == 0, r.stderr
     path = out if where == "local_dir" else Path(r.stdout.strip())
     assert (path / "model.safetensors").read_bytes() == hub.repos[REPO].files["model.safetensors"]
+
+
+HOSTILE_NAMES = ["../escaped.safetensors", "sub/../../escaped.safetensors", "/tmp/abs.safetensors"]
+
+
+@pytest.mark.parametrize("where", ["local-dir", "cache"])
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_listed_name_outside_the_directory_is_refused_before_any_write(
+    hub, tmp_path, name, where
+):
+    hub.repos[REPO].files[name] = b"not a model " * 100
+    out = tmp_path / "dl" / "model"
+    args = ["--local-dir", str(out)] if where == "local-dir" else []
+    r = run(hub.url, tmp_path / "home", REPO, *args)
+    assert r.returncode != 0
+    assert repr(name) in r.stderr
+    assert "nothing downloaded" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "dl" / "escaped.safetensors").exists()
+    assert not (tmp_path / "escaped.safetensors").exists()
+    assert not Path("/tmp/abs.safetensors").exists()
+    assert not any(r.path.endswith(".safetensors") for r in hub.log if "/resolve/" in r.path)
+
+
+def test_a_listed_sha256_that_is_not_one_is_refused(hub, tmp_path):
+    hub.repos[REPO].listed_sha256["model.safetensors"] = "../../../../escaped"
+    r = run(hub.url, tmp_path / "home", REPO)
+    assert r.returncode != 0
+    assert "is not a sha256" in r.stderr
+    assert not list(tmp_path.rglob("escaped*"))
+
+
+def test_a_symlink_in_local_dir_pointing_out_is_not_written_through(hub, tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "original").symlink_to(tmp_path / "elsewhere")
+    r = run(hub.url, tmp_path / "home", REPO, "--local-dir", str(out))
+    assert r.returncode != 0
+    assert "original/consolidated.bin" in r.stderr
+    assert not list((tmp_path / "elsewhere").iterdir())

@@ -23,6 +23,7 @@ import numpy as np
 
 from lowbit.dtypes import BFLOAT16
 from lowbit.errors import LowbitError
+from lowbit.paths import UnsafePathError, confined
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -46,6 +47,45 @@ MAX_HEADER_BYTES = 100 << 20
 
 class CheckpointError(LowbitError):
     """A checkpoint that cannot be read; the message names the file and tensor."""
+
+
+class CustomCodeError(CheckpointError):
+    """A model that needs its own Python code (``auto_map``): lowbit never runs it."""
+
+
+# Files in which transformers looks for ``auto_map``, the pointer to a model's
+# own Python classes (which it would import, and so run, if allowed to).
+CODE_POINTER_FILES = (
+    "config.json",
+    "tokenizer_config.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+)
+
+
+def refuse_custom_code(directory: str | Path) -> None:
+    """Raise CustomCodeError if a config file in ``directory`` names custom code.
+
+    Every transformers call in lowbit passes ``trust_remote_code=False`` too;
+    this check comes first so that the error names the file and field, and so
+    that a model lowbit could only half support is refused before any work.
+    """
+    directory = Path(directory)
+    for name in CODE_POINTER_FILES:
+        path = directory / name
+        try:
+            data = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue  # unreadable: the reader of that file reports it
+        if isinstance(data, dict) and "auto_map" in data:
+            code = data["auto_map"]
+            refs = code.values() if isinstance(code, dict) else [code]
+            flat = [r for v in refs for r in (v if isinstance(v, list) else [v]) if r]
+            shown = ", ".join(sorted({str(r) for r in flat}))
+            raise CustomCodeError(
+                f"{path}: auto_map: the model needs its own Python code ({shown}); "
+                "lowbit never runs code from a model directory"
+            )
 
 
 @dataclass(frozen=True)
@@ -129,11 +169,18 @@ def _check_entry(
 class Checkpoint:
     """The tensors of a checkpoint directory (or one file), read lazily by name."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, files: list[str] | None = None) -> None:
+        """``files``: read only these names inside the directory ``path`` (a
+        manifest's list), never its index; otherwise find the files as HF does."""
         self.path = Path(path)
         self._tensors: dict[str, TensorInfo] = {}
         weight_map: dict[str, str] = {}
-        for file in self._files(weight_map):
+        refuse_custom_code(self.path if self.path.is_dir() else self.path.parent)
+        if files is not None:
+            found = [self._confined(name, "listed file") for name in files]
+        else:
+            found = self._files(weight_map)
+        for file in found:
             for name, info in read_header(file).items():
                 if name in self._tensors:
                     other = self._tensors[name].file
@@ -141,7 +188,7 @@ class Checkpoint:
                 self._tensors[name] = info
         for name, shard in weight_map.items():
             info = self._tensors.get(name)
-            if info is None or info.file.name != shard:
+            if info is None or info.file != self.path / shard:
                 raise CheckpointError(
                     f"{self.path / INDEX_FILE}: maps {name!r} to {shard!r}, which does not hold it"
                 )
@@ -157,10 +204,10 @@ class Checkpoint:
             return self._shards(index, weight_map)
         single = self.path / SINGLE_FILE
         if single.is_file():
-            return [single]
-        found = sorted(self.path.glob("*.safetensors"))
+            return [self._confined(SINGLE_FILE, SINGLE_FILE)]
+        found = sorted(p.name for p in self.path.glob("*.safetensors"))
         if found:
-            return found
+            return [self._confined(name, "*.safetensors") for name in found]
         raise CheckpointError(f"{self.path}: no {SINGLE_FILE}, {INDEX_FILE} or *.safetensors")
 
     def _shards(self, index: Path, weight_map: dict[str, str]) -> list[Path]:
@@ -171,10 +218,18 @@ class Checkpoint:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
             raise CheckpointError(f"{index}: weight_map must map tensor names to file names")
         shards = sorted(set(weight_map.values()))
-        for shard in shards:
-            if not (self.path / shard).is_file():
+        paths = [self._confined(shard, f"{index}: weight_map") for shard in shards]
+        for shard, path in zip(shards, paths, strict=True):
+            if not path.is_file():
                 raise CheckpointError(f"{index}: names shard {shard!r}, which is missing")
-        return [self.path / s for s in shards]
+        return paths
+
+    def _confined(self, name: str, what: str) -> Path:
+        """``self.path / name``, refused if it leaves the directory (symlinks too)."""
+        try:
+            return confined(self.path, name, what)
+        except UnsafePathError as e:
+            raise CheckpointError(str(e)) from None
 
     def names(self) -> list[str]:
         """Tensor names in file order."""

@@ -25,7 +25,7 @@ def write_dequantized(model_dir: str | Path, out: str | Path) -> Path:
     src = Path(model_dir)
     out = Path(out)
     manifest = load_manifest(src)
-    ck = Checkpoint(src)
+    ck = Checkpoint(src, files=[f["name"] for f in manifest["files"]])
     partial = start_partial(out)
     weights = manifest["weights"]
     specs = [TensorSpec(w["name"], np.dtype(np.float32), tuple(w["shape"])) for w in weights]

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from lowbit.checkpoint import refuse_custom_code
 from lowbit.errors import LowbitError
 
 IMPORT_RECORD = "lowbit-import.json"
@@ -57,10 +58,12 @@ def import_gguf(
             f"{gguf}: reading GGUF needs torch, transformers, accelerate and gguf "
             f"(pip install 'lowbit[validate]'): {e}"
         ) from None
+    # transformers reads tokenizer_config.json (and config.json) beside the file.
+    refuse_custom_code(gguf.parent)
     try:
         reader = GGUFReader(gguf)
         model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype="float32"
+            gguf.parent, gguf_file=gguf.name, dtype="float32", trust_remote_code=False
         )
     except (ValueError, KeyError, OSError, NotImplementedError, RuntimeError) as e:
         # Damaged files, unsupported architectures or tensor types.
@@ -82,7 +85,9 @@ def import_gguf(
     config["_name_or_path"] = name or gguf.stem
     (partial / "config.json").write_text(json.dumps(config, indent=2))
     if "tokenizer.ggml.model" in reader.fields:  # models may come without a tokenizer
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, trust_remote_code=False
+        )
         tokenizer.save_pretrained(partial)
     model.generation_config.save_pretrained(partial)
     record = {

@@ -18,6 +18,7 @@ local directory (``snapshot_download``). Two things it does not do, lowbit adds:
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from typing import Any
 
 from lowbit.errors import LowbitError
 from lowbit.hashing import CHUNK_BYTES, file_digest
+from lowbit.paths import UnsafePathError, check_name, confined
 
 
 class DownloadError(LowbitError):
@@ -93,6 +95,29 @@ def _listing(
     )
 
 
+def _check_listing(repo_id: str, entries: list[Any], local_dir: Path | None) -> None:
+    """Refuse, before any transfer, a listing with a name that leaves the directory.
+
+    The names (and the LFS sha256, which names the cache blob) come from the
+    server; ``../x.safetensors`` or ``sub/../../x`` would be written, hashed and
+    deleted outside ``--local-dir`` or the cache.
+    """
+    try:
+        for entry in entries:
+            what = f"{repo_id}: the Hub lists a file"
+            if local_dir is not None:
+                confined(local_dir, entry.path, what)
+            else:
+                check_name(entry.path, what)
+            if entry.lfs is not None and not re.fullmatch(r"[0-9a-f]{64}", str(entry.lfs.sha256)):
+                raise DownloadError(
+                    f"{repo_id}: {entry.path}: the Hub lists sha256 {entry.lfs.sha256!r}, "
+                    "which is not a sha256"
+                )
+    except UnsafePathError as e:
+        raise DownloadError(f"{e} (nothing downloaded)") from None
+
+
 def _mismatch(entry: Any, got: str) -> str:
     kind, expected = ("sha256", entry.lfs.sha256) if entry.lfs else ("git blob id", entry.blob_id)
     return f"{entry.path}: {kind} {got} does not match the Hub's {expected}"
@@ -110,7 +135,7 @@ def _verify(repo_id: str, commit: str, root: Path, entries: list[Any]) -> int:
     bad = []
     checked = 0
     for entry in entries:
-        local = root / entry.path
+        local = confined(root, entry.path, f"{repo_id}: {root}")
         if not local.exists():
             continue
         got = _content_id(local, entry.lfs is not None)
@@ -200,7 +225,7 @@ def _fetch_weights(
             continue
         sha = entry.lfs.sha256
         if local_dir is not None:
-            final = local_dir / entry.path
+            final = confined(local_dir, entry.path, f"{repo_id}: --local-dir")
             partial = local_dir / ".cache" / "lowbit" / f"{sha}.partial"
         else:
             final = blobs / sha
@@ -263,6 +288,7 @@ def download(
             # that the cache records where it points and --offline finds it.
             commit = api.repo_info(repo_id, revision=revision).sha
             entries = _listing(api, repo_id, commit, include, exclude)
+            _check_listing(repo_id, entries, local_dir)
             fetched = _fetch_weights(repo_id, commit, entries, local_dir, cache_dir, progress)
         path = snapshot_download(
             repo_id,

@@ -8,16 +8,18 @@ the model at a context length.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowbit.checkpoint import CheckpointError, read_header
+from lowbit.checkpoint import INDEX_FILE, CheckpointError, read_header
 from lowbit.convert import stored_specs
 from lowbit.hashing import file_digest
 from lowbit.manifest import load
 from lowbit.npz_format import NPZ_FORMAT_VERSION, npz_member_shapes
+from lowbit.paths import UnsafePathError, confined
 from lowbit.safetensors_writer import ST_DTYPES
 
 
@@ -81,8 +83,12 @@ def inspect_model(
     report.model = manifest["model"]
     problems = report.problems
     headers: dict[str, dict] = {}
-    for f in manifest["files"]:
-        fp = path / f["name"]
+    for i, f in enumerate(manifest["files"]):
+        try:
+            fp = confined(path, f["name"], f"manifest.json: files/{i}/name")
+        except UnsafePathError as e:
+            problems.append(str(e))
+            continue
         if not fp.is_file():
             problems.append(f"{f['name']}: missing")
             continue
@@ -98,6 +104,7 @@ def inspect_model(
         except CheckpointError as e:
             problems.append(str(e))
     listed = {f["name"] for f in manifest["files"]}
+    problems += _index_problems(path, listed)
     total_bits = 0.0
     for w in manifest["weights"]:
         stored = w["stored"]
@@ -132,6 +139,30 @@ def inspect_model(
     return report
 
 
+def _index_problems(path: Path, listed: set[str]) -> list[str]:
+    """An index beside the weights must name only files the manifest lists.
+
+    lowbit's runtime reads the files the manifest lists, never the index; but
+    other readers (transformers, safetensors tools) follow the index, and an
+    index naming an unlisted shard would have them read weights that no
+    checksum covers.
+    """
+    index = path / INDEX_FILE
+    if not index.exists() and not index.is_symlink():
+        return []
+    try:
+        weight_map = json.loads(confined(path, INDEX_FILE, INDEX_FILE).read_text())["weight_map"]
+        shards = set(weight_map.values())
+    except UnsafePathError as e:
+        return [str(e)]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return [f"{INDEX_FILE}: not a safetensors index ({type(e).__name__}: {e})"]
+    return [
+        f"{INDEX_FILE}: names shard {shard!r}, which the manifest does not list"
+        for shard in sorted(shards - listed, key=str)
+    ]
+
+
 def _inspect_npz(
     path: Path,
     manifest: dict[str, Any],
@@ -142,8 +173,12 @@ def _inspect_npz(
     """inspect of an NPZ directory (format_version "2"): file, members, shapes, sizes."""
     meta = manifest["metadata"]
     report.model = manifest["model"].get("lowbit", {})
-    npz = path / meta["file"]
     problems = report.problems
+    try:
+        npz = confined(path, meta["file"], "manifest.json: metadata/file")
+    except UnsafePathError as e:
+        problems.append(str(e))
+        return report
     if not npz.is_file():
         problems.append(f"{meta['file']}: missing")
         return report

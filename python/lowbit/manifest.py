@@ -15,6 +15,7 @@ import jsonschema
 
 from lowbit.architectures import family_of
 from lowbit.errors import LowbitError
+from lowbit.paths import UnsafePathError, check_name
 from lowbit.schemes import BLOCK_BYTES
 
 MANIFEST_FILE = "manifest.json"
@@ -70,7 +71,30 @@ def load(model_dir: str | Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise ManifestError(f"{path}: unreadable ({e})") from None
     validate(manifest, str(path))
+    check_file_names(manifest, str(path))
     return manifest
+
+
+def check_file_names(manifest: dict[str, Any], where: str = MANIFEST_FILE) -> None:
+    """Every file name in the manifest is a plain name inside its directory.
+
+    Readers join these names to the model directory; ``../x`` or an absolute
+    name would have them hash and parse files elsewhere. (Symlinks are checked
+    where the files are opened, by lowbit.paths.confined.)
+    """
+    names = [(f"files/{i}/name", f.get("name")) for i, f in enumerate(manifest.get("files", []))]
+    names += [
+        (f"weights/{i}/stored/file", w["stored"].get("file"))
+        for i, w in enumerate(manifest.get("weights", []))
+        if isinstance(w.get("stored"), dict)
+    ]
+    if isinstance(manifest.get("metadata"), dict):
+        names.append(("metadata/file", manifest["metadata"].get("file")))
+    try:
+        for field, name in names:
+            check_name(name, f"{where}: {field}")
+    except UnsafePathError as e:
+        raise ManifestError(str(e)) from None
 
 
 def _rope(config: dict[str, Any]) -> dict[str, Any]:

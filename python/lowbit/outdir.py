@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from lowbit.gguf_input import IMPORT_RECORD
+from lowbit.paths import confined
 
 # Copied beside the weights when the source has them.
 SIDE_FILES = (
@@ -33,11 +34,23 @@ def start_partial(out: Path) -> Path:
     return partial
 
 
+def side_files(src: Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    """The side files ``src`` has, each confined to it: a symlink to a file
+    outside ``src`` (but for a HuggingFace cache snapshot's own blobs) is an
+    UnsafePathError, so that its target's contents are never copied or read."""
+    found = []
+    for name in SIDE_FILES:
+        path = src / name
+        if name not in skip and (path.is_file() or path.is_symlink()):
+            found.append(confined(src, name, f"{src}: side file"))
+    return found
+
+
 def copy_side_files(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
     """Config, generation config and tokenizer files of ``src`` into ``dst``."""
-    for name in SIDE_FILES:
-        if name not in skip and (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
+    for path in side_files(src, skip):
+        if path.is_file():  # a dangling link inside src: nothing to copy
+            shutil.copy2(path, dst / path.name)
 
 
 def commit(partial: Path, out: Path) -> None:

@@ -19,12 +19,13 @@ import numpy as np
 
 from lowbit import _core
 from lowbit.architectures import family_of
-from lowbit.checkpoint import Checkpoint, CheckpointError
+from lowbit.checkpoint import Checkpoint, CheckpointError, refuse_custom_code
 from lowbit.dtypes import cast
 from lowbit.errors import ArgumentError, ArgumentTypeError, LowbitError
 from lowbit.inspect_model import inspect_model
 from lowbit.manifest import load as load_manifest
 from lowbit.npz_format import NPZ_FORMAT_VERSION
+from lowbit.outdir import side_files
 from lowbit.quantize import QuantizedTensor
 from lowbit.runtime_config import canonical_name, core_config, norm_plus_one
 from lowbit.sampling import SamplingParams, sample
@@ -89,6 +90,8 @@ class Model:
         if not path.is_dir():
             raise ModelLoadError(f"{path}: no such model directory")
         self.path = path
+        refuse_custom_code(path)
+        side_files(path)  # config and tokenizer files: no symlink out of the directory
         self.manifest = load_manifest(path)
         if self.manifest["format_version"] == NPZ_FORMAT_VERSION:
             raise ModelLoadError(
@@ -115,7 +118,9 @@ class Model:
 
     def _read_weights(self) -> tuple[dict[str, _core.Weight], dict[str, np.ndarray]]:
         try:
-            ck = Checkpoint(self.path)
+            # Only the files the manifest lists (and inspect checked), never
+            # the index: what --verify hashed is all that is read.
+            ck = Checkpoint(self.path, files=[f["name"] for f in self.manifest["files"]])
         except CheckpointError as e:
             raise ModelLoadError(str(e)) from None
         weights: dict[str, _core.Weight] = {}

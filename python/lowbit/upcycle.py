@@ -34,7 +34,7 @@ import numpy as np
 
 from lowbit import _core
 from lowbit.architectures import UnsupportedArchitecture, family_of
-from lowbit.checkpoint import Checkpoint
+from lowbit.checkpoint import Checkpoint, refuse_custom_code
 from lowbit.errors import LowbitError
 from lowbit.eval_text import (
     DEFAULT_CONTEXT,
@@ -241,7 +241,10 @@ def _load_dense(src: Path):  # noqa: ANN202 (a transformers model)
     import torch
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    refuse_custom_code(src)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        src, dtype=torch.float32, trust_remote_code=False
+    )
     return model.eval()
 
 
@@ -682,8 +685,9 @@ def load_moe(path: str | Path):  # noqa: ANN201 (a transformers model, loading i
     import torch
     import transformers
 
+    refuse_custom_code(path)
     model, info = transformers.AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, output_loading_info=True
+        path, dtype=torch.float32, output_loading_info=True, trust_remote_code=False
     )
     bad = {
         k: v

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from lowbit.checkpoint import Checkpoint, CheckpointError
+from lowbit.checkpoint import Checkpoint, CheckpointError, refuse_custom_code
 from lowbit.default_model import cache_dir
 from lowbit.errors import LowbitError
 from lowbit.eval_text import (
@@ -113,7 +113,7 @@ def weight_metrics(
     model_dir: Path, manifest: dict[str, Any], base: Checkpoint
 ) -> list[dict[str, Any]]:
     """Per stored tensor: its error against the baseline's tensor of that name."""
-    ck = Checkpoint(model_dir)
+    ck = Checkpoint(model_dir, files=[f["name"] for f in manifest["files"]])
     out = []
     for w in manifest["weights"]:
         name = w["name"]
@@ -191,7 +191,10 @@ def baseline_logits(baseline: Path, windows: EvalWindows, cache: Path) -> np.nda
     import torch
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(baseline, dtype=torch.float32)
+    refuse_custom_code(baseline)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        baseline, dtype=torch.float32, trust_remote_code=False
+    )
     model.eval()
     cache.mkdir(parents=True, exist_ok=True)
     vocab = int(model.config.vocab_size)
