@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pytest
 from lowbit import npz_format
 from lowbit.cli import main
 from lowbit.manifest import load
-from lowbit.outdir import OutputError, writing
+from lowbit.outdir import OutputError, locked, writing
 from lowbit.upcycle import UpcycleError, upcycle
 
 # The modules (``lowbit.convert`` the attribute is the function).
@@ -340,5 +341,73 @@ def test_ctrl_c_mid_convert_exits_130_with_one_line_and_leaves_nothing(tiny_chec
     _stdout, stderr = child.communicate(timeout=60)
     assert child.returncode == 130
     assert stderr == "lowbit convert: interrupted\n"
+    assert not out.exists()
+    assert _leftovers(out) == []
+
+
+def test_a_waiting_lock_is_taken_when_the_holder_ends(tmp_path):
+    # The default model's import waits (two first uses at once share it).
+    out = tmp_path / "out"
+    order: list[str] = []
+    holding = threading.Event()
+
+    def holder() -> None:
+        with locked(out):
+            holding.set()
+            time.sleep(0.3)
+            order.append("holder done")
+
+    t = threading.Thread(target=holder)
+    t.start()
+    holding.wait(10)
+    with pytest.raises(OutputError, match="another lowbit run is writing it"), locked(out):
+        pass
+    with locked(out, wait=True):
+        order.append("waiter in")
+    t.join()
+    assert order == ["holder done", "waiter in"]
+    assert not (tmp_path / "out.lock").exists()
+
+
+# The upcycle counterpart of PAUSED_CHILD: pauses at its first router.
+PAUSED_UPCYCLE_CHILD = """
+import importlib, sys, time
+from pathlib import Path
+from lowbit.cli import main
+
+upcycle_module = importlib.import_module("lowbit.upcycle")
+ready = Path(sys.argv[1])
+real = upcycle_module._copy_router
+
+def paused(*args):
+    ready.touch()
+    while True:
+        time.sleep(0.02)
+
+upcycle_module._copy_router = paused
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_ctrl_c_mid_upcycle_exits_130_with_one_line_and_leaves_nothing(tiny_checkpoint, tmp_path):
+    src = tiny_checkpoint("qwen3")
+    out = tmp_path / "moe"
+    ready = tmp_path / "ready"
+    argv = ["upcycle", str(src), str(out), "--experts", "2", "--top-k", "1", "--no-eval"]
+    child = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_UPCYCLE_CHILD, str(ready), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), child.communicate(timeout=10) if child.poll() is not None else ""
+    assert (tmp_path / "moe.partial").is_dir()
+    child.send_signal(signal.SIGINT)
+    _stdout, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130
+    assert stderr == "lowbit upcycle: interrupted\n"
     assert not out.exists()
     assert _leftovers(out) == []

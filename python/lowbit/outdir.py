@@ -86,8 +86,9 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``OUT.lock``, or fail at once if another run holds it.
+def locked(out: Path, *, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``OUT.lock``; if another run holds it, fail at
+    once (or, with ``wait``, wait for it).
 
     The lock file is deleted while still held, when the run ends. A run that
     opened it just before may then hold a lock on a deleted file, so after
@@ -97,7 +98,7 @@ def _locked(out: Path) -> Iterator[None]:
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
@@ -166,7 +167,7 @@ def writing(out: str | os.PathLike[str], *, force: bool = False) -> Iterator[Pat
     out = Path(out)
     check_target(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(out):
+    with locked(out):
         _recover(out)
         check_target(out, force)  # OUT.old may have been put back
         partial = _sibling(out, ".partial")
