@@ -99,9 +99,9 @@ def locked(out: Path, *, wait: bool = False) -> Iterator[None]:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except OSError as e:
+        except BaseException as e:  # Ctrl-C while waiting included
             os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            if isinstance(e, OSError) and e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise OutputError(
                     f"{out}: another lowbit run is writing it (locked through {lock}); "
                     "wait for it to finish or choose another output path"
