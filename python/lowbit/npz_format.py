@@ -14,6 +14,7 @@ uncompressed, so ``np.load(..., mmap_mode=...)``-style readers stay fast.
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -66,18 +67,33 @@ class NpzWriter:
 
     def add(self, key: str, array: np.ndarray) -> str:
         member = f"{key}.npy"
-        with self._zip.open(member, "w", force_zip64=True) as f:
-            np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+        try:
+            with self._zip.open(member, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+        except OSError as e:  # ENOSPC: zipfile's error names no file
+            raise self._failed(e, member) from e
         return member
 
     def close(self) -> None:
-        self._zip.close()
+        try:
+            self._zip.close()
+        except OSError as e:
+            raise self._failed(e, "central directory") from e
+
+    def _failed(self, e: OSError, what: str) -> OSError:
+        return OSError(e.errno, f"{self.path}: writing {what} failed: {e.strerror or e}")
 
     def __enter__(self) -> NpzWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # The first error is the one to report (a full disk fails the
+        # central directory too); the file is deleted with OUT.partial.
+        with contextlib.suppress(OSError):
+            self._zip.close()
 
 
 def weight_entry(entry: dict[str, Any], members: dict[str, str]) -> dict[str, Any]:

@@ -113,7 +113,7 @@ class StreamingWriter:
 
     def _check(self) -> None:
         if self._error is not None:
-            raise OSError(f"{self.path}: write failed: {self._error}") from self._error
+            raise _write_failed(self.path, self._error) from self._error
 
     def _emit(self, data: bytes | memoryview) -> None:
         self._check()
@@ -151,8 +151,18 @@ class StreamingWriter:
             if exc_type is None and self._next != len(self.specs):
                 missing = self.specs[self._next].name
                 raise ValueError(f"{self.path}: closed before tensor {missing!r} was written")
-            self._file.flush()
-            if exc_type is None:
-                os.fsync(self._file.fileno())
+            try:
+                self._file.flush()
+                if exc_type is None:
+                    os.fsync(self._file.fileno())
+            except OSError as e:  # a full disk shows here, naming no file
+                raise _write_failed(self.path, e) from e
         finally:
             self._file.close()
+
+
+def _write_failed(path: Path, error: BaseException) -> OSError:
+    """An OSError naming ``path`` (and keeping ``error``'s errno, ENOSPC say)."""
+    code = error.errno if isinstance(error, OSError) else None
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+    return OSError(code, f"{path}: write failed: {reason}")

@@ -44,7 +44,7 @@ from lowbit.eval_text import (
     encode_files,
     make_windows,
 )
-from lowbit.outdir import commit, copy_side_files, start_partial
+from lowbit.outdir import check_target, copy_side_files, writing
 from lowbit.safetensors_writer import StreamingWriter, TensorSpec
 from lowbit.tokenizer import TOKENIZER_FILE, Tokenizer
 from lowbit.upcycle_split import SplitLayer, split_model, topk_mask
@@ -371,8 +371,7 @@ def upcycle(
     _family, target, inter = _check_args(
         config, mode, experts, top_k, noise, noise_relative, router, shared_expert
     )
-    if out.exists() and not force:
-        raise UpcycleError(f"{out}: already exists (force=True / --force replaces it)")
+    check_target(out, force)  # fails before the long calibration
     n_layers = int(config["num_hidden_layers"])
     hidden = int(config["hidden_size"])
     ck = Checkpoint(src)
@@ -425,7 +424,6 @@ def upcycle(
         stats = _ffn_inputs(dense, calib)
 
     moe_config = _moe_config(config, target, experts, top_k, expert_inter, shared_inter)
-    partial = start_partial(out)
 
     # The output's tensors, in the source's order; each layer's FFN becomes the
     # router, then the experts (gate, up, down each), then the shared expert.
@@ -457,83 +455,96 @@ def upcycle(
                 specs.append(TensorSpec(_SHARED.format(l=i, p=target.proj[q]), dt, shape))
             specs.append(TensorSpec(_SHARED_GATE.format(l=i), dt, (1, hidden)))
 
-    routers: list[np.ndarray] = []
-    with StreamingWriter(partial / "model.safetensors", specs, {"format": "pt"}) as writer:
-        spec_iter = iter(specs)
-        for name in ck.names():
-            if name not in dense_names:
-                writer.write(name, ck.get(name))
-                next(spec_iter)
-                continue
-            i, p = dense_names[name]
-            if p != "gate":
-                continue
-            dt = ck.get(name).dtype
-            w = {
-                q: ck.get_float(_DENSE.format(l=i, p=q)).astype(np.float32)
-                for q in ("gate", "up", "down")
-            }
-            if splits is None:
-                r = _copy_router(
-                    router, experts, hidden, config, seed, i, stats[i] if stats else None
-                )
-                writer.write(target.router.format(l=i), r.astype(dt))
-                # Noise std per projection: the same for every expert's copy.
-                std = {
-                    q: sigma if sigma_rel is None else sigma_rel * float(w[q].std(dtype=np.float64))
-                    for q in w
+    with writing(out, force=force) as partial:
+        routers: list[np.ndarray] = []
+        with StreamingWriter(partial / "model.safetensors", specs, {"format": "pt"}) as writer:
+            spec_iter = iter(specs)
+            for name in ck.names():
+                if name not in dense_names:
+                    writer.write(name, ck.get(name))
+                    next(spec_iter)
+                    continue
+                i, p = dense_names[name]
+                if p != "gate":
+                    continue
+                dt = ck.get(name).dtype
+                w = {
+                    q: ck.get_float(_DENSE.format(l=i, p=q)).astype(np.float32)
+                    for q in ("gate", "up", "down")
                 }
-                for e in range(experts):
-                    for q in ("gate", "up", "down"):
-                        t = w[q].copy()
-                        s = std[q]
-                        if s > 0:
-                            _core.add_gaussian_noise(
-                                t, s, seed, _stream(i, e, q), f"layer {i} expert {e} {q}"
+                if splits is None:
+                    r = _copy_router(
+                        router, experts, hidden, config, seed, i, stats[i] if stats else None
+                    )
+                    writer.write(target.router.format(l=i), r.astype(dt))
+                    # Noise std per projection: the same for every expert's copy.
+                    std = {
+                        q: sigma
+                        if sigma_rel is None
+                        else sigma_rel * float(w[q].std(dtype=np.float64))
+                        for q in w
+                    }
+                    for e in range(experts):
+                        for q in ("gate", "up", "down"):
+                            t = w[q].copy()
+                            s = std[q]
+                            if s > 0:
+                                _core.add_gaussian_noise(
+                                    t, s, seed, _stream(i, e, q), f"layer {i} expert {e} {q}"
+                                )
+                            writer.write(
+                                target.expert.format(l=i, e=e, p=target.proj[q]), t.astype(dt)
                             )
-                        writer.write(target.expert.format(l=i, e=e, p=target.proj[q]), t.astype(dt))
-                shared_idx = None
-            else:
-                split = splits[i]
-                r, groups, shared_idx = split.router, split.groups, split.shared
-                w["down"] = split.down  # refitted to the routed activations
-                writer.write(target.router.format(l=i), r.astype(dt))
-                for e, g in enumerate(groups):
-                    writer.write(
-                        target.expert.format(l=i, e=e, p=target.proj["gate"]),
-                        w["gate"][g].astype(dt),
-                    )
-                    writer.write(
-                        target.expert.format(l=i, e=e, p=target.proj["up"]), w["up"][g].astype(dt)
-                    )
-                    # Every selected expert gets weight 1/k (see the module
-                    # docstring): scaling by k makes their sum the dense FFN's.
-                    down = np.ascontiguousarray(w["down"][:, g]) * np.float32(top_k)
-                    writer.write(
-                        target.expert.format(l=i, e=e, p=target.proj["down"]), down.astype(dt)
-                    )
-            if target.shared:
-                if shared_idx is not None:
-                    sg, su = w["gate"][shared_idx], w["up"][shared_idx]
-                    # sigmoid(0) = 0.5 exactly: a zero gate and a doubled down
-                    # projection make the shared expert always on at weight 1.
-                    down = np.ascontiguousarray(w["down"][:, shared_idx]) * np.float32(2.0)
+                    shared_idx = None
                 else:
-                    # Qwen2-MoE always has a shared expert; one all-zero neuron
-                    # adds exactly 0 (act(0) * 0), where a zero-size one would
-                    # be refused by lowbit convert.
-                    sg = su = np.zeros((NO_SHARED, hidden), np.float32)
-                    down = np.zeros((hidden, NO_SHARED), np.float32)
-                writer.write(_SHARED.format(l=i, p=target.proj["gate"]), sg.astype(dt))
-                writer.write(_SHARED.format(l=i, p=target.proj["up"]), su.astype(dt))
-                writer.write(_SHARED.format(l=i, p=target.proj["down"]), down.astype(dt))
-                writer.write(_SHARED_GATE.format(l=i), np.zeros((1, hidden), dt))
-            routers.append(r)
-            for _ in range(1 + 3 * experts + (4 if target.shared else 0)):
-                next(spec_iter)
-    (partial / "config.json").write_text(json.dumps(moe_config, indent=2))
-    copy_side_files(src, partial, skip=("config.json",))
-    commit(partial, out)
+                    split = splits[i]
+                    r, groups, shared_idx = split.router, split.groups, split.shared
+                    w["down"] = split.down  # refitted to the routed activations
+                    writer.write(target.router.format(l=i), r.astype(dt))
+                    for e, g in enumerate(groups):
+                        writer.write(
+                            target.expert.format(l=i, e=e, p=target.proj["gate"]),
+                            w["gate"][g].astype(dt),
+                        )
+                        writer.write(
+                            target.expert.format(l=i, e=e, p=target.proj["up"]),
+                            w["up"][g].astype(dt),
+                        )
+                        # Every selected expert gets weight 1/k (see the module
+                        # docstring): scaling by k makes their sum the dense FFN's.
+                        down = np.ascontiguousarray(w["down"][:, g]) * np.float32(top_k)
+                        writer.write(
+                            target.expert.format(l=i, e=e, p=target.proj["down"]), down.astype(dt)
+                        )
+                if target.shared:
+                    if shared_idx is not None:
+                        sg, su = w["gate"][shared_idx], w["up"][shared_idx]
+                        # sigmoid(0) = 0.5 exactly: a zero gate and a doubled down
+                        # projection make the shared expert always on at weight 1.
+                        down = np.ascontiguousarray(w["down"][:, shared_idx]) * np.float32(2.0)
+                    else:
+                        # Qwen2-MoE always has a shared expert; one all-zero neuron
+                        # adds exactly 0 (act(0) * 0), where a zero-size one would
+                        # be refused by lowbit convert.
+                        sg = su = np.zeros((NO_SHARED, hidden), np.float32)
+                        down = np.zeros((hidden, NO_SHARED), np.float32)
+                    writer.write(_SHARED.format(l=i, p=target.proj["gate"]), sg.astype(dt))
+                    writer.write(_SHARED.format(l=i, p=target.proj["up"]), su.astype(dt))
+                    writer.write(_SHARED.format(l=i, p=target.proj["down"]), down.astype(dt))
+                    writer.write(_SHARED_GATE.format(l=i), np.zeros((1, hidden), dt))
+                routers.append(r)
+                for _ in range(1 + 3 * experts + (4 if target.shared else 0)):
+                    next(spec_iter)
+        (partial / "config.json").write_text(json.dumps(moe_config, indent=2))
+        copy_side_files(src, partial, skip=("config.json",))
+        # Loaded by transformers (missing or unexpected weights refused) and
+        # compared while still OUT.partial: a model that fails is never committed.
+        comparison = None
+        if evaluate:
+            comparison = _evaluate(src, partial, text, eval_ids, eval_tokens, context, dense)
+            if comparison is None:
+                load_moe(partial)  # the load check still runs
+                notes.append("no tokenizer and no eval_ids: the model was not evaluated")
 
     report = _report(
         out, mode, target, config, experts, top_k, expert_inter, shared_inter, specs,
@@ -541,19 +552,29 @@ def upcycle(
     )  # fmt: skip
     if stats is not None:
         report.load_balance = _load_balance(routers, stats, top_k, calib)
-    if evaluate:
-        ev = None
-        if eval_ids is not None:
-            ev = _as_windows(eval_ids, "eval_ids")
-        elif text is not None:
-            ev = _windows_from_text(text, 0, eval_tokens, context)
-        else:
-            notes.append("no tokenizer and no eval_ids: the model was not evaluated")
-        if ev is not None:
-            report.model = compare_models(src, out, ev, dense)
+    report.model = comparison
     report.notes = notes
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _evaluate(
+    src: Path,
+    moe_dir: Path,
+    text: tuple[list[int], str] | None,
+    eval_ids: np.ndarray | None,
+    eval_tokens: int,
+    context: int,
+    dense: Any,
+) -> dict[str, Any] | None:
+    """``compare_models`` on the evaluation windows, or None without any."""
+    if eval_ids is not None:
+        ev = _as_windows(eval_ids, "eval_ids")
+    elif text is not None:
+        ev = _windows_from_text(text, 0, eval_tokens, context)
+    else:
+        return None
+    return compare_models(src, moe_dir, ev, dense)
 
 
 def _copy_router(

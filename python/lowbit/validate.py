@@ -200,14 +200,20 @@ def baseline_logits(baseline: Path, windows: EvalWindows, cache: Path) -> np.nda
     vocab = int(model.config.vocab_size)
     n, ctx = windows.windows.shape
     partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")
-    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, ctx, vocab))
-    with torch.inference_mode():
-        for i in range(n):
-            ids = torch.from_numpy(windows.windows[i])[None]
-            out[i] = model(ids).logits[0, :, :vocab].float().numpy()
-    out.flush()
-    del out
-    partial.replace(path)
+    try:
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, ctx, vocab))
+        with torch.inference_mode():
+            for i in range(n):
+                ids = torch.from_numpy(windows.windows[i])[None]
+                out[i] = model(ids).logits[0, :, :vocab].float().numpy()
+        out.flush()
+        del out
+        partial.replace(path)
+    except BaseException:
+        # Ctrl-C or a full disk: a cache entry as large as the logits is not
+        # left behind (the name has the pid, so no other run is writing it).
+        partial.unlink(missing_ok=True)
+        raise
     return np.load(path, mmap_mode="r")
 
 
@@ -320,5 +326,9 @@ def format_report(report: ValidationReport) -> str:
 
 def write_report(report: ValidationReport, path: Path) -> None:
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(report.as_dict(), indent=2))
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(report.as_dict(), indent=2))
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
