@@ -34,6 +34,7 @@ CHILD_TIMEOUT = 240
 
 # Defines the inputs the cases use; runs once per child.
 SETUP = """
+import numpy as np
 from lowbit import _core
 
 F32 = _core.DType.F32
@@ -530,10 +531,10 @@ def test_load_refuses_context_length(model_dir, value):
 
 
 def test_load_refuses_a_kv_cache_larger_than_memory(model_dir, monkeypatch):
-    monkeypatch.setattr(runtime, "physical_memory", lambda: 1 << 20)
+    monkeypatch.setattr(runtime, "physical_memory", lambda: 1 << 10)
     with pytest.raises(ArgumentError, match=r"context_length=4096: .* KV cache .* memory"):
         lowbit.load(model_dir, context_length=4096)
-    # int8 is about 4 times smaller, but still more than 1 MiB here.
+    # int8 is about 4 times smaller, but still more than 1 KiB here.
     with pytest.raises(ArgumentError, match="context_length=4096"):
         lowbit.load(model_dir, context_length=4096, kv_cache="int8")
 
@@ -606,3 +607,8 @@ def test_bench_lengths_have_an_upper_bound(model_dir):
 
     with pytest.raises(ArgumentError, match="prompt_tokens"):
         run_bench(model_dir, prompt_tokens=2**62, gen_tokens=1, repetitions=1)
+
+
+def test_physical_memory_is_known_on_linux():
+    if sys.platform.startswith("linux"):
+        assert (runtime.physical_memory() or 0) > 1 << 20

@@ -85,9 +85,9 @@ inline pybind11::array_t<float> FloatOut(pybind11::handle out,
                                          const std::string& name, size_t rows,
                                          size_t cols) {
   namespace py = pybind11;
-  const std::string expected = "a writeable C-contiguous float32 array of "
-                               "shape (" + std::to_string(rows) + ", " +
-                               std::to_string(cols) + ")";
+  const std::string expected = "a writeable float32 array of shape (" +
+                               std::to_string(rows) + ", " +
+                               std::to_string(cols) + "), C-contiguous";
   if (!py::isinstance<py::array>(out)) {
     throw py::type_error(name + ": out must be " + expected + ", got " +
                          TypeName(out));

@@ -80,10 +80,10 @@ void CheckParams(const QuantParams& p, size_t cols, const std::string& name) {
   const int64_t hi = int64_t{p.qmax} + p.code_offset;
   if (p.qmin > p.qmax || lo < code_min || hi > code_max) {
     throw py::value_error(
-        name + ": qmin, qmax and code_offset give stored codes [" +
-        std::to_string(lo) + ", " + std::to_string(hi) + "], outside the " +
-        std::to_string(p.bits) + "-bit range [" + std::to_string(code_min) +
-        ", " + std::to_string(code_max) + "]");
+        name + ": code range [" + std::to_string(lo) + ", " +
+        std::to_string(hi) + "] from qmin, qmax and code_offset does not " +
+        "fit in " + std::to_string(p.bits) + " bits ([" +
+        std::to_string(code_min) + ", " + std::to_string(code_max) + "])");
   }
   // minmax maps [min, max] onto [0, qmax]: it divides by qmax.
   if (p.asymmetric() && (p.qmin != 0 || p.qmax == 0)) {

@@ -82,7 +82,9 @@ py::array_t<float> Forward(PyModel& m, const py::object& ids_arg,
   const size_t vocab = m.model->config().vocab;
   const int64_t* wide = ids.data();
   for (size_t i = 0; i < n; ++i) {
-    if (wide[i] < 0 || static_cast<uint64_t>(wide[i]) >= vocab) {
+    // Ids are int32 in the model: a vocabulary past 2^31 cannot be indexed.
+    if (wide[i] < 0 || static_cast<uint64_t>(wide[i]) >= vocab ||
+        wide[i] > std::numeric_limits<int32_t>::max()) {
       throw py::value_error("token id " + std::to_string(wide[i]) +
                             " at index " + std::to_string(i) +
                             " is outside the vocabulary [0, " +

@@ -90,10 +90,10 @@ py::array_t<int32_t> KMeansPy(const py::array& features,
   const size_t n = features.shape(0);
   const size_t d = features.shape(1);
   if (n == 0 || n % k != 0 || n > kMaxClusters) {
-    throw py::value_error(name + ": k=" + std::to_string(k) +
+    throw py::value_error(name + ": " + std::to_string(k) +
                           " clusters do not divide " + std::to_string(n) +
-                          " rows (at most " + std::to_string(kMaxClusters) +
-                          ")");
+                          " rows (k must divide the rows, at most " +
+                          std::to_string(kMaxClusters) + ")");
   }
   py::array_t<int32_t> labels(n);
   const float* f = static_cast<const float*>(features.data());
@@ -121,9 +121,11 @@ py::array_t<int32_t> RefinePy(const py::array& energy,
   const size_t n = energy.shape(0);
   const size_t t = energy.shape(1);
   if (n == 0 || n % k != 0 || top_k > k || n > kMaxClusters) {
-    throw py::value_error(name + ": k=" + std::to_string(k) +
-                          " clusters (top_k=" + std::to_string(top_k) +
-                          ") do not fit " + std::to_string(n) + " rows");
+    throw py::value_error(name + ": " + std::to_string(k) +
+                          " clusters (top " + std::to_string(top_k) +
+                          ") do not fit " + std::to_string(n) +
+                          " rows (k must divide the rows, at most " +
+                          std::to_string(kMaxClusters) + ", top_k <= k)");
   }
   // Checked as int64: forcecasting int64 labels to int32 would wrap 2^32 to
   // the valid label 0.

@@ -76,8 +76,6 @@ Model::Model(ModelConfig config, WeightMap weights, VectorMap vectors,
       weights_(std::move(weights)),
       vectors_(std::move(vectors)),
       final_norm_(nullptr),
-      cache_(config_.layers.size(), config_.kv_heads, config_.head_dim,
-             context, kv_int8),
       scratch_(std::make_unique<Scratch>()) {
   const ModelConfig& c = config_;
   for (auto [field, value] : {std::pair{"hidden", c.hidden},
@@ -206,6 +204,8 @@ Model::Model(ModelConfig config, WeightMap weights, VectorMap vectors,
     }
     layers_.push_back(std::move(layer));
   }
+  cache_ = std::make_unique<KvCache>(c.layers.size(), c.kv_heads, hd, context,
+                                     kv_int8);
 }
 
 Model::~Model() = default;
@@ -315,7 +315,7 @@ void Model::AttentionBlock(size_t l, size_t n, float* x, Scratch& s) {
     RmsNorm(s.k.data(), layer.k_norm->data(), n * c.kv_heads, hd, c.rms_eps,
             s.k.data());
   }
-  const KvLayerView kv = cache_.layer(l);
+  const KvLayerView kv = cache_->layer(l);
   for (size_t t = 0; t < n; ++t) {
     const double pos = static_cast<double>(position_ + t);
     ApplyRope(s.q.data() + t * q_width, c.heads, hd, lc.inv_freq.data(), pos,
