@@ -612,3 +612,19 @@ def test_bench_lengths_have_an_upper_bound(model_dir):
 def test_physical_memory_is_known_on_linux():
     if sys.platform.startswith("linux"):
         assert (runtime.physical_memory() or 0) > 1 << 20
+
+
+@pytest.mark.parametrize("value", [-1, 10**6, True, 1.5])
+def test_forward_start_is_checked_first(model_dir, value):
+    m = lowbit.load(model_dir, context_length=16)
+    m.forward([1, 2])
+    with pytest.raises(ArgumentError, match="start"):
+        m.forward([3], start=value)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2**31, True, "2"])
+def test_set_num_threads_names_n(value):
+    before = lowbit.num_threads()
+    with pytest.raises(ArgumentError, match=r"\bn\b"):
+        lowbit.set_num_threads(value)
+    assert lowbit.num_threads() == before

@@ -154,6 +154,7 @@ class Model:
         ``start ..``; the cache keeps positions before ``start`` from earlier
         calls (``start=0``: a fresh sequence)."""
         ids = self._ids(token_ids)
+        start = check_argument(start, "start", 0, self._core.position)
         self._core.rewind(start)
         return self._core.forward(ids, True)
 
@@ -301,12 +302,21 @@ class Model:
         return None if self.tokenizer is None else self.tokenizer.decode(ids)
 
 
-def check_context(value: object) -> int:
-    """``context_length`` as an int in [1, MAX_CONTEXT], else an ArgumentError."""
+def check_argument(value: object, field: str, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi], else an ArgumentError naming ``field``.
+
+    Checked here so that the core never sees it out of range: its own error
+    would be a plain ValueError.
+    """
     try:
-        return check_int(value, path=None, field="context_length", lo=1, hi=MAX_CONTEXT)
+        return check_int(value, path=None, field=field, lo=lo, hi=hi)
     except LowbitError as e:
         raise ArgumentError(str(e)) from None
+
+
+def check_context(value: object) -> int:
+    """``context_length`` as an int in [1, MAX_CONTEXT], else an ArgumentError."""
+    return check_argument(value, "context_length", 1, MAX_CONTEXT)
 
 
 def physical_memory() -> int | None:
