@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lowbit
+import numpy as np
 import pytest
 from lowbit import _core, runtime
 from lowbit.errors import ArgumentError
@@ -628,3 +629,29 @@ def test_set_num_threads_names_n(value):
     with pytest.raises(ArgumentError, match=r"\bn\b"):
         lowbit.set_num_threads(value)
     assert lowbit.num_threads() == before
+
+
+@pytest.mark.parametrize("scheme", ["int4", "f16"])
+@pytest.mark.parametrize(
+    "out",
+    [
+        np.zeros((8, 64)),
+        np.zeros((8, 64), ">f4"),
+        np.zeros((8, 65), np.float32),
+        np.zeros((8, 128), np.float32)[:, ::2],
+        np.zeros((8, 64), np.float32, order="F"),
+        [[0.0] * 64] * 8,
+    ],
+    ids=["float64", "big-endian", "shape", "strided", "fortran", "list"],
+)
+def test_quantized_tensor_dequantize_refuses_an_out_it_cannot_fill(scheme, out):
+    qt = lowbit.quantize(np.ones((8, 64), np.float32), scheme)
+    with pytest.raises(ArgumentError, match="out"):
+        qt.dequantize(out=out)
+
+
+def test_quantized_tensor_dequantize_fills_a_good_out():
+    qt = lowbit.quantize(np.ones((8, 64), np.float32), "int4")
+    out = np.zeros((8, 64), np.float32)
+    assert qt.dequantize(out=out) is out
+    np.testing.assert_array_equal(out, qt.dequantize())
