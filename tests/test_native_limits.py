@@ -283,6 +283,13 @@ def all_cases() -> list[tuple[str, str, str | None]]:
                 fwd.format(ids="np.array([2**64 - 1], np.uint64)"),
                 "token id",
             ),
+            (
+                "forward id big-endian uint64 max",
+                fwd.format(ids="np.array([2**64 - 1], '>u8')"),
+                "token id",
+            ),
+            ("forward id big-endian int64", fwd.format(ids="np.array([1, 2], '>i8')"), None),
+            ("forward id beyond int64", fwd.format(ids="[2**70]"), "token ids"),
             ("forward float ids", fwd.format(ids="np.array([1.0])"), "token ids"),
             ("forward 2-D ids", fwd.format(ids="np.zeros((1, 2), np.int32)"), "token ids"),
             ("forward no ids", fwd.format(ids="np.zeros(0, np.int32)"), "no tokens"),

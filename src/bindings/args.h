@@ -54,9 +54,10 @@ inline size_t SizeArg(pybind11::handle value, const std::string& name,
   return IntArg<size_t>(value, name, lo, hi);
 }
 
-// The integer array `a` (or sequence) as int64 (any integer dtype; uint64 values past
-// int64's range become negative, so a range check afterwards refuses them
-// instead of wrapping). TypeError naming `name` for any other dtype.
+// The integer array (or sequence) `a` as int64, from any integer dtype:
+// uint64 values past int64's range become negative, so a range check
+// afterwards refuses them instead of wrapping. TypeError naming `name` for
+// any other dtype.
 inline pybind11::array_t<int64_t, pybind11::array::c_style>
 Int64Array(pybind11::handle a, const std::string& name) {
   namespace py = pybind11;
@@ -71,9 +72,10 @@ Int64Array(pybind11::handle a, const std::string& name) {
                          py::str(arr.dtype()).cast<std::string>());
   }
   if (kind == 'u' && arr.itemsize() == 8) {
-    // Explicitly: a uint64 value >= 2^63 reinterpreted as int64 is negative.
+    // Explicitly: a uint64 value >= 2^63 reinterpreted as int64 is negative
+    // (in native byte order first, so that the bits mean the same number).
     return py::array_t<int64_t, py::array::c_style>(
-        arr.attr("view")(py::dtype::of<int64_t>()));
+        arr.attr("astype")("=u8").attr("view")(py::dtype::of<int64_t>()));
   }
   return py::array_t<int64_t, py::array::c_style | py::array::forcecast>(arr);
 }
