@@ -21,17 +21,16 @@ KvCache::KvCache(size_t layers, size_t kv_heads, size_t head_dim,
         std::to_string(kMaxContext) + " (float32 positions are exact below)");
   }
   per_layer_ = CheckedProduct("KV cache", kv_heads, context, head_dim);
-  // Every buffer's byte size, and their sum, must be representable: bytes()
-  // and the pointer arithmetic in layer() rely on it.
-  const size_t total = CheckedMul(layers, per_layer_, "KV cache");
-  const size_t scales = CheckedProduct("KV cache", layers, kv_heads, context);
-  const size_t codes = CheckedBytes(total, 2 * (int8 ? 1 : sizeof(float)),
-                                    "KV cache");
-  CheckedBytes(CheckedAdd(codes, int8 ? CheckedBytes(scales, 2 * sizeof(float),
-                                                     "KV cache")
-                                      : 0,
-                          "KV cache"),
-               1, "KV cache");
+  // The bytes of all buffers (K and V, plus the int8 cache's scales) must be
+  // representable: bytes() and the pointer arithmetic in layer() rely on it.
+  const char* what = "KV cache";
+  const size_t total = CheckedMul(layers, per_layer_, what);
+  const size_t scales = CheckedProduct(what, layers, kv_heads, context);
+  const size_t code_bytes =
+      CheckedBytes(total, 2 * (int8 ? 1 : sizeof(float)), what);
+  const size_t scale_bytes =
+      int8 ? CheckedBytes(scales, 2 * sizeof(float), what) : 0;
+  CheckedBytes(CheckedAdd(code_bytes, scale_bytes, what), 1, what);
   if (int8) {
     k8_.reset(new int8_t[total]);
     v8_.reset(new int8_t[total]);
