@@ -15,13 +15,14 @@ from lowbit.convert import convert
 from lowbit.hub import download
 from lowbit.quantize import QuantizedTensor, quantize
 from lowbit.runtime import Model, load
+from lowbit.runtime import check_argument as _check_argument
 from lowbit.schemes import schemes
 from lowbit.upcycle import upcycle
 
 
 def set_num_threads(n: int) -> None:
-    """Threads the kernels use, from 1 to the number of cores."""
-    _core.set_num_threads(n)
+    """Threads the kernels use, from 1 to the number of cores (more is clamped)."""
+    _core.set_num_threads(_check_argument(n, "n", 1, 2**31 - 1))
 
 
 def num_threads() -> int:

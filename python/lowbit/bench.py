@@ -12,7 +12,7 @@ import numpy as np
 
 from lowbit import _core
 from lowbit.errors import ArgumentError
-from lowbit.runtime import load
+from lowbit.runtime import MAX_CONTEXT, load
 
 
 @dataclass
@@ -46,6 +46,11 @@ def run_bench(
     cache. Both on random token ids, so no tokenizer is needed."""
     if prompt_tokens < 0 or gen_tokens < 0 or repetitions < 1:
         raise ArgumentError("prompt and generation lengths must be >= 0, repetitions >= 1")
+    for name, value in (("prompt_tokens", prompt_tokens), ("gen_tokens", gen_tokens)):
+        if value > MAX_CONTEXT:
+            raise ArgumentError(
+                f"{name}={value}: more than the {MAX_CONTEXT} positions a KV cache holds"
+            )
     context = max(prompt_tokens, gen_tokens, 1)
     model = load(model_dir, context_length=context, kv_cache=kv_cache)
     ids = np.random.default_rng(seed).integers(0, model.vocab_size, context).astype(np.int32)

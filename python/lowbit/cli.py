@@ -32,6 +32,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def context_int(text: str) -> int:
+    """argparse type: a context length, 1 to lowbit.runtime.MAX_CONTEXT."""
+    value = positive_int(text)
+    from lowbit.runtime import MAX_CONTEXT
+
+    if value > MAX_CONTEXT:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_CONTEXT} positions, got {text}")
+    return value
+
+
 def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
@@ -345,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="check a model directory and report what is in it")
     p.add_argument("out", help="model directory")
     p.add_argument("--verify", action="store_true", help="also check every file's SHA-256")
-    p.add_argument("--context", type=positive_int, help="context length for the memory estimate")
+    p.add_argument("--context", type=context_int, help="context length for the memory estimate")
     _add_output_flags(p)
     commands["inspect"] = _cmd_inspect
 
@@ -357,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         "English license texts in /usr/share/common-licenses)"
     )  # fmt: skip
     p.add_argument("--tolerances", help="TOML tolerances file (default: weight table only)")
-    p.add_argument("--context", type=positive_int, default=512, help="window length (512)")
+    p.add_argument("--context", type=context_int, default=512, help="window length (512)")
     p.add_argument("--tokens", type=positive_int, default=1024, help="tokens evaluated (1024)")
     p.add_argument("--weights-only", action="store_true", help="skip the model-level comparison")
     _add_output_flags(p)
@@ -402,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1)")
     p.add_argument("--seed", type=int, help="sampling seed (the same seed, the same tokens)")
     p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
-    p.add_argument("--context", type=positive_int, help="KV cache length (default: model's, ≤4096)")
+    p.add_argument("--context", type=context_int, help="KV cache length (default: model's, ≤4096)")
     _add_output_flags(p)
     commands["generate"] = _cmd_generate
 

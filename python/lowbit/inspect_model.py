@@ -42,6 +42,16 @@ class InspectReport:
         return {**asdict(self), "ok": self.ok}
 
 
+def kv_cache_bytes(model: dict[str, Any], context: int, int8: bool = False) -> int:
+    """Bytes the runtime's KV cache reserves for ``context`` positions.
+
+    K and V for every layer, kv head, position and head dim: float32, or int8
+    codes plus one float32 scale per (layer, kv head, position) each.
+    """
+    slots = 2 * model["num_layers"] * model["num_kv_heads"] * context
+    return slots * (model["head_dim"] + 4) if int8 else slots * model["head_dim"] * 4
+
+
 def memory_estimate(model: dict[str, Any], weight_bytes: int, context: int) -> dict[str, int]:
     """Bytes to run the model at ``context`` tokens, batch 1, float32 KV cache.
 
@@ -50,7 +60,7 @@ def memory_estimate(model: dict[str, Any], weight_bytes: int, context: int) -> d
     q/k/v, the FFN's gate and up, attention scores over the context) plus the
     logits, all float32.
     """
-    kv = 2 * model["num_layers"] * model["num_kv_heads"] * model["head_dim"] * context * 4
+    kv = kv_cache_bytes(model, context)
     per_token = (
         4 * model["hidden_size"]
         + (model["num_heads"] + 2 * model["num_kv_heads"]) * model["head_dim"]

@@ -161,6 +161,8 @@ class QuantizedTensor:
         ``out``: a C-contiguous float32 array of that shape to write into, so
         that repeated calls reuse one buffer.
         """
+        if out is not None:
+            _check_out(out, tuple(self.shape), self.scheme)
         s = get_scheme(self.scheme)
         if s.is_float:
             values = cast(self.codes, np.float32, self.scheme)
@@ -177,6 +179,27 @@ class QuantizedTensor:
             core_params(s, self.group_size, self.method),
             self.scheme,
             out,
+        )
+
+
+def _check_out(out: object, shape: tuple[int, ...], name: str) -> None:
+    """An ``out`` array the result can be written into as it is: anything else
+    (float64, read-only, strided) would be filled through a copy, or not."""
+    if not isinstance(out, np.ndarray):
+        raise ArgumentTypeError(f"{name}: out must be a numpy array, got {type(out).__name__}")
+    problem = None
+    if out.dtype != np.float32:
+        problem = f"dtype {out.dtype}"
+    elif out.shape != shape:
+        problem = f"shape {out.shape}"
+    elif not out.flags.c_contiguous:
+        problem = "a non-contiguous array"
+    elif not out.flags.writeable:
+        problem = "a read-only array"
+    if problem is not None:
+        raise ArgumentError(
+            f"{name}: out must be a writeable C-contiguous float32 array of shape {shape}, "
+            f"got {problem}"
         )
 
 

@@ -9,6 +9,7 @@ float32. Only the small vectors (norms, biases) are read into memory.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +22,8 @@ from lowbit import _core
 from lowbit.architectures import family_of
 from lowbit.checkpoint import Checkpoint, CheckpointError, refuse_custom_code
 from lowbit.dtypes import cast
-from lowbit.errors import ArgumentError, ArgumentTypeError, LowbitError
-from lowbit.inspect_model import inspect_model
+from lowbit.errors import ArgumentError, ArgumentTypeError, LowbitError, check_int
+from lowbit.inspect_model import inspect_model, kv_cache_bytes
 from lowbit.manifest import load as load_manifest
 from lowbit.npz_format import NPZ_FORMAT_VERSION
 from lowbit.outdir import side_files
@@ -35,6 +36,9 @@ from lowbit.tokenizer import TOKENIZER_FILE, Tokenizer, TokenizerError
 # capped so that a 128k-context model does not reserve gigabytes up front.
 DEFAULT_CONTEXT = 4096
 KV_CACHE_TYPES = ("f32", "int8")
+# Most KV cache positions: rotary angles take the position as a float32,
+# exact up to 2^24 (the core refuses more too).
+MAX_CONTEXT: int = _core.MAX_CONTEXT
 
 
 class ModelLoadError(LowbitError):
@@ -103,9 +107,11 @@ class Model:
         self.config = _read_json(path / "config.json")
         self.family = family_of(self.config).name
         model_ctx = int(self.manifest["model"]["context_length"])
-        ctx = context_length or min(model_ctx, DEFAULT_CONTEXT)
-        if ctx < 1:
-            raise ArgumentError(f"context_length must be positive, got {ctx}")
+        if context_length is None:
+            ctx = max(1, min(model_ctx, DEFAULT_CONTEXT))
+        else:
+            ctx = check_context(context_length)
+        check_kv_cache_fits(self.manifest["model"], ctx, kv_cache)
         weights, vectors = self._read_weights()
         self._core = _core.Model(
             core_config(self.config), weights, vectors, ctx, kv_cache == "int8"
@@ -153,6 +159,7 @@ class Model:
         ``start ..``; the cache keeps positions before ``start`` from earlier
         calls (``start=0``: a fresh sequence)."""
         ids = self._ids(token_ids)
+        start = check_argument(start, "start", 0, self._core.position)
         self._core.rewind(start)
         return self._core.forward(ids, True)
 
@@ -298,6 +305,48 @@ class Model:
 
     def _decode(self, ids: list[int]) -> str | None:
         return None if self.tokenizer is None else self.tokenizer.decode(ids)
+
+
+def check_argument(value: object, field: str, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi], else an ArgumentError naming ``field``.
+
+    Checked here so that the core never sees it out of range: its own error
+    would be a plain ValueError.
+    """
+    try:
+        return check_int(value, path=None, field=field, lo=lo, hi=hi)
+    except LowbitError as e:
+        raise ArgumentError(str(e)) from None
+
+
+def check_context(value: object) -> int:
+    """``context_length`` as an int in [1, MAX_CONTEXT], else an ArgumentError."""
+    return check_argument(value, "context_length", 1, MAX_CONTEXT)
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM on this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_kv_cache_fits(model: dict[str, Any], context: int, kv_cache: str) -> None:
+    """Refuse a KV cache larger than the machine's RAM, naming context_length.
+
+    The cache is reserved at its full size up front (its pages are taken as
+    the sequence grows), so a context far beyond what the machine holds would
+    only fail later, deep in a forward pass.
+    """
+    need = kv_cache_bytes(model, context, int8=kv_cache == "int8")
+    have = physical_memory()
+    if have is not None and need > have:
+        raise ArgumentError(
+            f"context_length={context}: the {kv_cache} KV cache would take "
+            f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB "
+            "of memory; ask for a smaller context_length"
+        )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -5,13 +5,18 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
+#include <cstdint>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
 
+#include "bindings/args.h"
 #include "bindings/py_weight.h"
 #include "quant/quant_params.h"
 #include "quant/quantize.h"
+#include "util/checked.h"
 #include "util/errors.h"
 #include "util/targets.h"
 #include "util/thread_pool.h"
@@ -21,6 +26,14 @@ using namespace pybind11::literals;
 
 namespace lowbit {
 namespace {
+
+// Enum values are checked: pybind11's enums can be built from any int.
+void CheckDType(DType t, const std::string& name) {
+  if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16) {
+    throw py::value_error(name + ": unknown dtype " +
+                          std::to_string(static_cast<int>(t)));
+  }
+}
 
 size_t ItemSize(DType t) { return t == DType::kF32 ? 4 : 2; }
 
@@ -38,17 +51,52 @@ void CheckMatrix(const py::array& a, const std::string& name,
                          "-byte elements, got " +
                          std::to_string(a.itemsize()));
   }
+  if (a.dtype().kind() == 'O' || !a.dtype().attr("isnative").cast<bool>()) {
+    throw py::type_error(name + ": expected numbers in native byte order, "
+                         "got dtype " + py::str(a.dtype()).cast<std::string>());
+  }
 }
 
 void CheckParams(const QuantParams& p, size_t cols, const std::string& name) {
   if (p.bits != 8 && p.bits != 4 && p.bits != 2 && p.bits != 1) {
-    throw py::value_error(name + ": bits must be 8, 4, 2 or 1");
+    throw py::value_error(name + ": bits must be 8, 4, 2 or 1, got " +
+                          std::to_string(p.bits));
   }
-  if (p.qmin > p.qmax || p.qmax - p.qmin >= (1 << p.bits) ||
-      (p.bits < 8 && (p.qmin + p.code_offset < 0 ||
-                      p.qmax + p.code_offset >= (1 << p.bits)))) {
-    throw py::value_error(name + ": code range does not fit in " +
-                          std::to_string(p.bits) + " bits");
+  const int rule = static_cast<int>(p.rule);
+  const int method = static_cast<int>(p.method);
+  if (rule < 0 || rule > static_cast<int>(ScaleRule::kSignedMax)) {
+    throw py::value_error(name + ": unknown rule " + std::to_string(rule));
+  }
+  if (method < 0 || method > static_cast<int>(Method::kHqq)) {
+    throw py::value_error(name + ": unknown method " + std::to_string(method));
+  }
+  // The stored codes q + code_offset, in int64 so that a code_offset near
+  // 2^31 cannot wrap into range: int8 for 8-bit symmetric schemes, unsigned
+  // `bits`-bit integers otherwise.
+  const bool is_signed = p.bits == 8 && !p.asymmetric();
+  const int64_t code_min = is_signed ? -128 : 0;
+  const int64_t code_max = is_signed ? 127 : (int64_t{1} << p.bits) - 1;
+  const int64_t lo = int64_t{p.qmin} + p.code_offset;
+  const int64_t hi = int64_t{p.qmax} + p.code_offset;
+  if (p.qmin > p.qmax || lo < code_min || hi > code_max) {
+    throw py::value_error(
+        name + ": code range [" + std::to_string(lo) + ", " +
+        std::to_string(hi) + "] from qmin, qmax and code_offset does not " +
+        "fit in " + std::to_string(p.bits) + " bits ([" +
+        std::to_string(code_min) + ", " + std::to_string(code_max) + "])");
+  }
+  // minmax maps [min, max] onto [0, qmax]: it divides by qmax.
+  if (p.asymmetric() && (p.qmin != 0 || p.qmax == 0)) {
+    throw py::value_error(name + ": minmax needs qmin 0 and qmax > 0");
+  }
+  if ((p.rule == ScaleRule::kAbsMax || p.rule == ScaleRule::kSignedMax) &&
+      (!std::isfinite(p.scale_divisor) || p.scale_divisor == 0.0f)) {
+    throw py::value_error(name + ": scale_divisor must be finite and nonzero");
+  }
+  if (cols == 0) throw py::value_error(name + ": rows are empty");
+  if (cols > kMaxCols) {
+    throw py::value_error(name + ": cols " + std::to_string(cols) +
+                          " is more than " + std::to_string(kMaxCols));
   }
   if (p.bits == 1 && !p.asymmetric()) {
     throw py::value_error(name + ": 1-bit codes need a zero point");
@@ -60,10 +108,9 @@ void CheckParams(const QuantParams& p, size_t cols, const std::string& name) {
       (p.group_size % kBlockBytes != 0 || cols % p.group_size != 0)) {
     throw py::value_error(name + ": group size " +
                           std::to_string(p.group_size) +
-                          " must be a multiple of 16 that divides " +
+                          " must be a multiple of 16 that divides cols=" +
                           std::to_string(cols));
   }
-  if (cols == 0) throw py::value_error(name + ": rows are empty");
 }
 
 // A float32 [rows, cols] array whose data starts on a 64-byte boundary, so
@@ -71,7 +118,10 @@ void CheckParams(const QuantParams& p, size_t cols, const std::string& name) {
 py::array_t<float> AlignedFloatMatrix(size_t rows, size_t cols) {
   constexpr size_t kAlign = 64;
   constexpr size_t kSlack = kAlign / sizeof(float);
-  py::array_t<float> storage(rows * cols + kSlack);
+  const size_t n = CheckedAdd(CheckedMul(rows, cols, "rows x cols"), kSlack,
+                              "rows x cols");
+  CheckedBytes(n, sizeof(float), "rows x cols");
+  py::array_t<float> storage(n);
   const uintptr_t addr = reinterpret_cast<uintptr_t>(storage.mutable_data());
   const size_t skip = ((kAlign - addr % kAlign) % kAlign) / sizeof(float);
   return py::array_t<float>({rows, cols},
@@ -86,6 +136,7 @@ std::string Where(const ErrorSink& e) {
 
 py::tuple Quantize(const py::array& x, DType dtype, const QuantParams& p,
                    const std::string& name) {
+  CheckDType(dtype, name);
   CheckMatrix(x, name, ItemSize(dtype));
   const size_t rows = x.shape(0);
   const size_t cols = x.shape(1);
@@ -129,21 +180,18 @@ py::tuple Quantize(const py::array& x, DType dtype, const QuantParams& p,
 
 py::array_t<float> Dequantize(const py::array& codes, const py::array& scales,
                               const std::optional<py::array>& zeros,
-                              size_t rows, size_t cols, const QuantParams& p,
+                              const py::object& rows_arg,
+                              const py::object& cols_arg, const QuantParams& p,
                               const std::string& name,
-                              std::optional<py::array_t<float>> out_arg) {
+                              const py::object& out_arg) {
+  const size_t rows = SizeArg(rows_arg, name + ": rows");
+  const size_t cols = SizeArg(cols_arg, name + ": cols", 1, kMaxCols);
   CheckQuantized(codes, scales, zeros, rows, cols, p, name);
   py::array_t<float> out;
-  if (out_arg) {
-    CheckMatrix(*out_arg, name + " out", sizeof(float));
-    if (static_cast<size_t>(out_arg->shape(0)) != rows ||
-        static_cast<size_t>(out_arg->shape(1)) != cols ||
-        !out_arg->writeable()) {
-      throw py::value_error(name + ": out must be a writeable float32 array "
-                            "of shape (" + std::to_string(rows) + ", " +
-                            std::to_string(cols) + ")");
-    }
-    out = *out_arg;
+  if (!out_arg.is_none()) {
+    // Not py::array_t<float> as the parameter: pybind11 would convert a
+    // float64 `out` into a temporary, fill it, and leave `out` untouched.
+    out = FloatOut(out_arg, name, rows, cols);
   } else {
     out = AlignedFloatMatrix(rows, cols);
   }
@@ -183,6 +231,8 @@ py::tuple ReconstructionErrorPy(const py::array& x, DType dtype,
 
 py::array Cast(const py::array& x, DType in_type, DType out_type,
                const std::string& name) {
+  CheckDType(in_type, name + ": in_type");
+  CheckDType(out_type, name + ": out_type");
   if (!(x.flags() & py::array::c_style)) {
     throw py::value_error(name + ": array is not C-contiguous");
   }
@@ -228,13 +278,15 @@ void CheckQuantized(const py::array& codes, const py::array& scales,
   CheckParams(p, cols, name);
   const size_t groups = GroupsPerRow(cols, p.group_size);
   const size_t row_bytes = RowBytes(cols, p.bits);
+  const std::string for_shape = " for rows=" + std::to_string(rows) +
+                                ", cols=" + std::to_string(cols);
   if (static_cast<size_t>(codes.shape(0)) != rows ||
       static_cast<size_t>(codes.shape(1)) != row_bytes) {
     throw py::value_error(name + ": codes have shape (" +
                           std::to_string(codes.shape(0)) + ", " +
                           std::to_string(codes.shape(1)) + "), expected (" +
                           std::to_string(rows) + ", " +
-                          std::to_string(row_bytes) + ")");
+                          std::to_string(row_bytes) + ")" + for_shape);
   }
   auto check_params = [&](const py::array& a, const std::string& what) {
     if (static_cast<size_t>(a.shape(0)) != rows ||
@@ -243,7 +295,7 @@ void CheckQuantized(const py::array& codes, const py::array& scales,
                             std::to_string(a.shape(0)) + ", " +
                             std::to_string(a.shape(1)) + "), expected (" +
                             std::to_string(rows) + ", " +
-                            std::to_string(groups) + ")");
+                            std::to_string(groups) + ")" + for_shape);
     }
   };
   check_params(scales, "scales");
@@ -276,20 +328,39 @@ PYBIND11_MODULE(_core, m) {
       .value("F16", DType::kF16)
       .value("BF16", DType::kBF16);
 
-  py::class_<QuantParams>(m, "QuantParams")
-      .def(py::init<>())
-      .def_readwrite("bits", &QuantParams::bits)
-      .def_readwrite("qmin", &QuantParams::qmin)
-      .def_readwrite("qmax", &QuantParams::qmax)
-      .def_readwrite("code_offset", &QuantParams::code_offset)
+  py::class_<QuantParams> params(m, "QuantParams");
+  params.def(py::init<>())
       .def_readwrite("rule", &QuantParams::rule)
       .def_readwrite("scale_divisor", &QuantParams::scale_divisor)
       .def_readwrite("method", &QuantParams::method)
-      .def_readwrite("group_size", &QuantParams::group_size)
       .def_readwrite("f16_params", &QuantParams::f16_params);
+  // Any int32 is stored; CheckParams judges the combination before use.
+  constexpr int32_t kI32Min = std::numeric_limits<int32_t>::min();
+  constexpr int32_t kI32Max = std::numeric_limits<int32_t>::max();
+  IntField(params, "QuantParams", "bits", &QuantParams::bits, kI32Min,
+           kI32Max);
+  IntField(params, "QuantParams", "qmin", &QuantParams::qmin, kI32Min,
+           kI32Max);
+  IntField(params, "QuantParams", "qmax", &QuantParams::qmax, kI32Min,
+           kI32Max);
+  IntField(params, "QuantParams", "code_offset", &QuantParams::code_offset,
+           kI32Min, kI32Max);
+  IntField(params, "QuantParams", "group_size", &QuantParams::group_size,
+           size_t{0}, kMaxCols);
 
-  m.def("row_bytes", &RowBytes, "cols"_a, "bits"_a,
-        "Stored bytes of one row of codes (whole 16-byte blocks).");
+  m.def(
+      "row_bytes",
+      [](const py::object& cols, const py::object& bits) {
+        const size_t c = SizeArg(cols, "cols", 1, kMaxCols);
+        const int b = IntArg<int>(bits, "bits", 1, 8);
+        try {
+          return CheckedRowBytes(c, b);
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+      },
+      "cols"_a, "bits"_a,
+      "Stored bytes of one row of codes (whole 16-byte blocks).");
   m.def("quantize", &Quantize, "x"_a, "dtype"_a, "params"_a, "name"_a,
         "Quantize a 2-D array; returns (codes, scales, zero points or None).");
   m.def("dequantize", &Dequantize, "codes"_a, "scales"_a, "zeros"_a, "rows"_a,
@@ -304,8 +375,13 @@ PYBIND11_MODULE(_core, m) {
   BindModel(m);
   BindMoe(m);
 
-  m.def("set_num_threads", [](size_t n) { ThreadPool::Global().SetNumThreads(n); },
-        "n"_a, "Threads the kernels use (1 to max_threads()).");
+  m.def(
+      "set_num_threads",
+      [](const py::object& n) {
+        // More than max_threads() is clamped to it, as documented.
+        ThreadPool::Global().SetNumThreads(SizeArg(n, "n", 1));
+      },
+      "n"_a, "Threads the kernels use (1 to max_threads(); more is clamped).");
   m.def("num_threads", [] { return ThreadPool::Global().NumThreads(); });
   m.def("max_threads", [] { return ThreadPool::Global().MaxThreads(); });
 

@@ -4,11 +4,16 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstddef>
+#include <cstdint>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "bindings/args.h"
 #include "bindings/py_weight.h"
 #include "model/model.h"
 
@@ -25,12 +30,18 @@ struct PyModel {
 
 std::unique_ptr<PyModel> MakeModel(const ModelConfig& config,
                                    const py::dict& weights,
-                                   const py::dict& vectors, size_t context,
+                                   const py::dict& vectors,
+                                   const py::object& context_arg,
                                    bool kv_int8) {
+  const size_t context = SizeArg(context_arg, "context", 1, kMaxContext);
   auto out = std::make_unique<PyModel>();
   WeightMap wmap;
   for (auto item : weights) {
     const std::string name = py::cast<std::string>(item.first);
+    if (!py::isinstance<PyWeight>(item.second)) {
+      throw py::type_error(name + ": expected a lowbit._core.Weight, got " +
+                           TypeName(item.second));
+    }
     const PyWeight& w = py::cast<const PyWeight&>(item.second);
     wmap[name] = w.view;
     out->keep.push_back(py::reinterpret_borrow<py::object>(item.second));
@@ -51,18 +62,35 @@ std::unique_ptr<PyModel> MakeModel(const ModelConfig& config,
                                          std::move(vmap), context, kv_int8);
   } catch (const std::invalid_argument& e) {
     throw py::value_error(e.what());
+  } catch (const std::length_error& e) {  // SizeOverflow
+    throw py::value_error("context " + std::to_string(context) + ": " +
+                          e.what());
   } catch (const std::bad_alloc&) {
-    throw py::value_error("not enough memory for a KV cache of " +
-                          std::to_string(context) + " positions");
+    throw py::value_error("context " + std::to_string(context) +
+                          ": not enough memory for its KV cache");
   }
   return out;
 }
 
-py::array_t<float> Forward(PyModel& m, const py::array_t<int32_t>& ids,
+py::array_t<float> Forward(PyModel& m, const py::object& ids_arg,
                            bool all_logits) {
+  // Checked as int64 before narrowing: forcecasting int64 ids to int32 would
+  // turn 2^32 + 5 into the valid token 5.
+  const auto ids = Int64Array(ids_arg, "token ids");
   if (ids.ndim() != 1) throw py::value_error("token ids must be 1-D");
   const size_t n = ids.shape(0);
   const size_t vocab = m.model->config().vocab;
+  const int64_t* wide = ids.data();
+  for (size_t i = 0; i < n; ++i) {
+    // Ids are int32 in the model: a vocabulary past 2^31 cannot be indexed.
+    if (wide[i] < 0 || static_cast<uint64_t>(wide[i]) >= vocab ||
+        wide[i] > std::numeric_limits<int32_t>::max()) {
+      throw py::value_error("token id " + std::to_string(wide[i]) +
+                            " at index " + std::to_string(i) +
+                            " is outside the vocabulary [0, " +
+                            std::to_string(vocab) + ")");
+    }
+  }
   py::array_t<int32_t, py::array::c_style | py::array::forcecast> flat(ids);
   py::array_t<float> logits({all_logits ? n : size_t{1}, vocab});
   try {
@@ -81,30 +109,38 @@ py::array_t<float> Forward(PyModel& m, const py::array_t<int32_t>& ids,
 }  // namespace
 
 void BindModel(py::module_& m) {
+  m.attr("MAX_CONTEXT") = kMaxContext;
   py::enum_<Activation>(m, "Activation")
       .value("SILU", Activation::kSilu)
       .value("GELU_TANH", Activation::kGeluTanh);
 
-  py::class_<LayerConfig>(m, "LayerConfig")
-      .def(py::init<>())
-      .def_readwrite("sliding_window", &LayerConfig::sliding_window)
+  constexpr size_t kMaxSize = std::numeric_limits<ptrdiff_t>::max();
+  py::class_<LayerConfig> layer(m, "LayerConfig");
+  layer.def(py::init<>())
       .def_readwrite("inv_freq", &LayerConfig::inv_freq)
       .def_readwrite("rope_scaling", &LayerConfig::rope_scaling);
+  IntField(layer, "LayerConfig", "sliding_window",
+           &LayerConfig::sliding_window, size_t{0}, kMaxSize);
 
-  py::class_<ModelConfig>(m, "ModelConfig")
-      .def(py::init<>())
-      .def_readwrite("hidden", &ModelConfig::hidden)
-      .def_readwrite("heads", &ModelConfig::heads)
-      .def_readwrite("kv_heads", &ModelConfig::kv_heads)
-      .def_readwrite("head_dim", &ModelConfig::head_dim)
-      .def_readwrite("vocab", &ModelConfig::vocab)
+  // Sizes are checked against the weights' shapes (with checked products)
+  // when the Model is built; here only their type.
+  py::class_<ModelConfig> config(m, "ModelConfig");
+  for (auto [field, member] :
+       {std::pair{"hidden", &ModelConfig::hidden},
+        std::pair{"heads", &ModelConfig::heads},
+        std::pair{"kv_heads", &ModelConfig::kv_heads},
+        std::pair{"head_dim", &ModelConfig::head_dim},
+        std::pair{"vocab", &ModelConfig::vocab},
+        std::pair{"experts_per_token", &ModelConfig::experts_per_token}}) {
+    IntField(config, "ModelConfig", field, member, size_t{0}, kMaxSize);
+  }
+  config.def(py::init<>())
       .def_readwrite("rms_eps", &ModelConfig::rms_eps)
       .def_readwrite("activation", &ModelConfig::activation)
       .def_readwrite("embed_scale", &ModelConfig::embed_scale)
       .def_readwrite("attn_scale", &ModelConfig::attn_scale)
       .def_readwrite("attn_softcap", &ModelConfig::attn_softcap)
       .def_readwrite("final_softcap", &ModelConfig::final_softcap)
-      .def_readwrite("experts_per_token", &ModelConfig::experts_per_token)
       .def_readwrite("norm_topk_prob", &ModelConfig::norm_topk_prob)
       .def_readwrite("layers", &ModelConfig::layers);
 
@@ -115,9 +151,9 @@ void BindModel(py::module_& m) {
       .def("forward", &Forward, "ids"_a, "all_logits"_a = true,
            "Run int32 token ids after the cached ones; float32 logits "
            "[n, vocab] (or [1, vocab] for the last token).")
-      .def("rewind", [](PyModel& m, size_t p) {
+      .def("rewind", [](PyModel& m, const py::object& p) {
              try {
-               m.model->Rewind(p);
+               m.model->Rewind(SizeArg(p, "position"));
              } catch (const std::out_of_range& e) {
                throw py::value_error(e.what());
              }

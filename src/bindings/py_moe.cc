@@ -6,17 +6,24 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "bindings/args.h"
 #include "moe/upcycle.h"
+#include "util/checked.h"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
 
 namespace lowbit {
 namespace {
+
+constexpr uint64_t kU64Max = std::numeric_limits<uint64_t>::max();
+// Labels are int32 in the kernels.
+constexpr size_t kMaxClusters = std::numeric_limits<int32_t>::max();
 
 void CheckFloat32(const py::array& a, const std::string& name) {
   if (!py::isinstance<py::array_t<float>>(a) ||
@@ -29,8 +36,11 @@ void CheckFloat32(const py::array& a, const std::string& name) {
 }
 
 // Adds noise to x in place (x must be writeable float32).
-void AddNoisePy(py::array x, float sigma, uint64_t seed, uint64_t stream,
-                const std::string& name) {
+void AddNoisePy(py::array x, float sigma, const py::object& seed_arg,
+                const py::object& stream_arg, const std::string& name) {
+  const uint64_t seed = IntArg<uint64_t>(seed_arg, name + ": seed", 0, kU64Max);
+  const uint64_t stream =
+      IntArg<uint64_t>(stream_arg, name + ": stream", 0, kU64Max);
   CheckFloat32(x, name);
   if (!x.writeable()) throw py::value_error(name + ": array is read-only");
   if (!std::isfinite(sigma) || sigma < 0.0f) {
@@ -42,8 +52,21 @@ void AddNoisePy(py::array x, float sigma, uint64_t seed, uint64_t stream,
   AddGaussianNoise(data, n, sigma, seed, stream);
 }
 
-py::array_t<float> NoisePy(size_t n, uint64_t seed, uint64_t stream) {
-  py::array_t<float> out(n);
+py::array_t<float> NoisePy(const py::object& n_arg, const py::object& seed_arg,
+                           const py::object& stream_arg) {
+  const size_t n = SizeArg(n_arg, "n", 0, kMaxBufferBytes / sizeof(float));
+  const uint64_t seed = IntArg<uint64_t>(seed_arg, "seed", 0, kU64Max);
+  const uint64_t stream = IntArg<uint64_t>(stream_arg, "stream", 0, kU64Max);
+  py::array_t<float> out;
+  try {
+    out = py::array_t<float>(n);
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_MemoryError)) throw;
+    PyErr_SetString(PyExc_MemoryError,
+                    ("n: no memory for " + std::to_string(n) + " floats")
+                        .c_str());
+    throw py::error_already_set();
+  }
   float* data = out.mutable_data();
   {
     py::gil_scoped_release release;
@@ -52,19 +75,25 @@ py::array_t<float> NoisePy(size_t n, uint64_t seed, uint64_t stream) {
   return out;
 }
 
-py::array_t<int32_t> KMeansPy(const py::array& features, size_t k,
-                              size_t iters, uint64_t seed,
+py::array_t<int32_t> KMeansPy(const py::array& features,
+                              const py::object& k_arg,
+                              const py::object& iters_arg,
+                              const py::object& seed_arg,
                               const std::string& name) {
+  const size_t k = SizeArg(k_arg, name + ": k", 1, kMaxClusters);
+  const size_t iters = SizeArg(iters_arg, name + ": iters", 0, kMaxIters);
+  const uint64_t seed = IntArg<uint64_t>(seed_arg, name + ": seed", 0, kU64Max);
   CheckFloat32(features, name);
   if (features.ndim() != 2) {
     throw py::value_error(name + ": expected a 2-D [rows, features] array");
   }
   const size_t n = features.shape(0);
   const size_t d = features.shape(1);
-  if (k == 0 || n == 0 || n % k != 0) {
+  if (n == 0 || n % k != 0 || n > kMaxClusters) {
     throw py::value_error(name + ": " + std::to_string(k) +
                           " clusters do not divide " + std::to_string(n) +
-                          " rows");
+                          " rows (k must divide the rows, at most " +
+                          std::to_string(kMaxClusters) + ")");
   }
   py::array_t<int32_t> labels(n);
   const float* f = static_cast<const float*>(features.data());
@@ -77,34 +106,50 @@ py::array_t<int32_t> KMeansPy(const py::array& features, size_t k,
 }
 
 py::array_t<int32_t> RefinePy(const py::array& energy,
-                              const py::array& labels, size_t k, size_t top_k,
-                              size_t iters, const std::string& name) {
+                              const py::object& labels,
+                              const py::object& k_arg,
+                              const py::object& top_k_arg,
+                              const py::object& iters_arg,
+                              const std::string& name) {
+  const size_t k = SizeArg(k_arg, name + ": k", 1, kMaxClusters);
+  const size_t top_k = SizeArg(top_k_arg, name + ": top_k", 1, kMaxClusters);
+  const size_t iters = SizeArg(iters_arg, name + ": iters", 0, kMaxIters);
   CheckFloat32(energy, name);
   if (energy.ndim() != 2) {
     throw py::value_error(name + ": expected a 2-D [neurons, tokens] array");
   }
   const size_t n = energy.shape(0);
   const size_t t = energy.shape(1);
-  if (k == 0 || n == 0 || n % k != 0 || top_k == 0 || top_k > k) {
+  if (n == 0 || n % k != 0 || top_k > k || n > kMaxClusters) {
     throw py::value_error(name + ": " + std::to_string(k) +
                           " clusters (top " + std::to_string(top_k) +
-                          ") do not fit " + std::to_string(n) + " rows");
+                          ") do not fit " + std::to_string(n) +
+                          " rows (k must divide the rows, at most " +
+                          std::to_string(kMaxClusters) + ", top_k <= k)");
   }
-  auto start = py::array_t<int32_t, py::array::c_style | py::array::forcecast>(
-      labels);
+  // Checked as int64: forcecasting int64 labels to int32 would wrap 2^32 to
+  // the valid label 0.
+  const auto start = Int64Array(labels, name + ": labels");
   if (start.ndim() != 1 || static_cast<size_t>(start.size()) != n) {
-    throw py::value_error(name + ": expected " + std::to_string(n) + " labels");
+    throw py::value_error(name + ": labels: expected " + std::to_string(n) +
+                          " labels");
   }
   std::vector<size_t> count(k, 0);
+  const int64_t* wide = start.data();
   for (size_t i = 0; i < n; ++i) {
-    const int32_t c = start.at(i);
-    if (c < 0 || static_cast<size_t>(c) >= k || ++count[c] > n / k) {
+    const int64_t c = wide[i];
+    if (c < 0 || static_cast<uint64_t>(c) >= k) {
+      throw py::value_error(name + ": labels: " + std::to_string(c) +
+                            " at index " + std::to_string(i) +
+                            " is outside [0, k=" + std::to_string(k) + ")");
+    }
+    if (++count[c] > n / k) {
       throw py::value_error(name + ": labels are not a balanced partition");
     }
   }
   py::array_t<int32_t> out(n);
   int32_t* dst = out.mutable_data();
-  std::copy_n(start.data(), n, dst);
+  for (size_t i = 0; i < n; ++i) dst[i] = static_cast<int32_t>(wide[i]);
   const float* e = static_cast<const float*>(energy.data());
   {
     py::gil_scoped_release release;

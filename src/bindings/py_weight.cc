@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include "bindings/args.h"
+
 namespace py = pybind11;
 using namespace pybind11::literals;
 
@@ -23,6 +25,11 @@ PyWeight FloatWeight(const py::array& values, WeightFormat format,
   if (format == WeightFormat::kQuantized) {
     throw py::value_error(name + ": use Weight.quantized for codes");
   }
+  if (format != WeightFormat::kF32 && format != WeightFormat::kF16 &&
+      format != WeightFormat::kBF16) {
+    throw py::value_error(name + ": unknown format " +
+                          std::to_string(static_cast<int>(format)));
+  }
   CheckContiguous(values, name);
   if (values.ndim() != 2) {
     throw py::value_error(name + ": expected a 2-D array, got " +
@@ -34,8 +41,21 @@ PyWeight FloatWeight(const py::array& values, WeightFormat format,
                          "-byte elements, got " +
                          std::to_string(values.itemsize()));
   }
+  const char kind = values.dtype().kind();
+  const bool kind_ok =
+      format == WeightFormat::kF32 ? kind == 'f' : kind == 'f' || kind == 'u';
+  if (!kind_ok || !values.dtype().attr("isnative").cast<bool>()) {
+    throw py::type_error(name + ": dtype " +
+                         py::str(values.dtype()).cast<std::string>() +
+                         " does not hold this format (float32, or float16 / "
+                         "bfloat16 as float16 or uint16)");
+  }
   if (values.shape(0) == 0 || values.shape(1) == 0) {
     throw py::value_error(name + ": matrix is empty");
+  }
+  if (static_cast<size_t>(values.shape(1)) > kMaxCols) {
+    throw py::value_error(name + ": " + std::to_string(values.shape(1)) +
+                          " columns is more than " + std::to_string(kMaxCols));
   }
   PyWeight w;
   w.view.format = format;
@@ -48,9 +68,11 @@ PyWeight FloatWeight(const py::array& values, WeightFormat format,
 }
 
 PyWeight QuantizedWeight(const py::array& codes, const py::array& scales,
-                         const std::optional<py::array>& zeros, size_t rows,
-                         size_t cols, const QuantParams& p,
-                         const std::string& name) {
+                         const std::optional<py::array>& zeros,
+                         const py::object& rows_arg, const py::object& cols_arg,
+                         const QuantParams& p, const std::string& name) {
+  const size_t rows = SizeArg(rows_arg, name + ": rows", 1);
+  const size_t cols = SizeArg(cols_arg, name + ": cols", 1, kMaxCols);
   CheckQuantized(codes, scales, zeros, rows, cols, p, name);
   PyWeight w;
   w.view.format = WeightFormat::kQuantized;
@@ -84,7 +106,21 @@ py::array_t<float> MatMulPy(const PyWeight& w, const py::array_t<float>& x) {
   return y;
 }
 
-py::array_t<float> RowPy(const PyWeight& w, size_t r) {
+py::array_t<float> RowPy(const PyWeight& w, const py::object& r_arg) {
+  if (!PyIndex_Check(r_arg.ptr()) || PyBool_Check(r_arg.ptr())) {
+    throw py::type_error(w.name + ": row index r: expected an integer, got " +
+                         TypeName(r_arg));
+  }
+  const py::int_ r_int =
+      py::reinterpret_steal<py::int_>(PyNumber_Index(r_arg.ptr()));
+  if (!r_int) throw py::error_already_set();
+  if (r_int < py::int_(0) || r_int >= py::int_(w.view.rows)) {
+    throw py::index_error(w.name + ": row " +
+                          py::str(r_int).cast<std::string>() +
+                          " out of range [0, " + std::to_string(w.view.rows) +
+                          ")");
+  }
+  const size_t r = r_int.cast<size_t>();
   if (r >= w.view.rows) {
     throw py::index_error(w.name + ": row " + std::to_string(r) +
                           " out of range [0, " + std::to_string(w.view.rows) +

@@ -24,6 +24,7 @@
 #endif
 
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "hwy/aligned_allocator.h"
@@ -498,8 +499,11 @@ void GemmRowsT(Rows& source, size_t rows, size_t cols, const float* x,
   const DF d;
   const size_t N = hn::Lanes(d);
   const size_t kPanel = 2 * N;
+  // cols comes from a weight that exists, so kPanel * cols cannot wrap; it
+  // can still be more than malloc gives (ThreadPool rethrows the error).
   auto row_buf = hwy::AllocateAligned<float>(kPanel * cols);
   auto panel = hwy::AllocateAligned<float>(kPanel * cols);
+  if (!row_buf || !panel) throw std::bad_alloc();
   for (size_t p0 = r0; p0 < r1; p0 += kPanel) {
     const size_t valid = HWY_MIN(kPanel, r1 - p0);
     for (size_t i = 0; i < valid; ++i) source(p0 + i, row_buf.get() + i * cols);

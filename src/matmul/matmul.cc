@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "util/checked.h"
 #include "util/thread_pool.h"
 
 namespace lowbit {
@@ -63,7 +64,7 @@ void GroupSums(const WeightView& w, const float* x, size_t n,
   const size_t cols = w.cols;
   const size_t groups = GroupsPerRow(cols, w.params.group_size);
   const size_t g = cols / groups;
-  xsum->resize(n * groups);
+  xsum->resize(CheckedMul(n, groups, "matmul workspace"));
   for (size_t t = 0; t < n; ++t) {
     for (size_t gi = 0; gi < groups; ++gi) {
       const float* xs = x + t * cols + gi * g;
@@ -87,7 +88,7 @@ void GemvMany(const WeightView* const* ws, size_t count, const float* x,
   thread_local std::vector<std::vector<float>> xsum;
   // (matrix, first row) of each task, then an end marker per matrix.
   thread_local std::vector<std::pair<size_t, size_t>> tasks;
-  xpad.assign(n * xstride, 0.0f);
+  xpad.assign(CheckedMul(n, xstride, "matmul workspace"), 0.0f);
   for (size_t t = 0; t < n; ++t) {
     std::memcpy(xpad.data() + t * xstride, x + t * cols, cols * sizeof(float));
   }

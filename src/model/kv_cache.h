@@ -13,8 +13,15 @@
 
 namespace lowbit {
 
+// Most positions a cache holds: rotary angles take the position as a float32,
+// exact up to 2^24.
+inline constexpr size_t kMaxContext = size_t{1} << 24;
+
 class KvCache {
  public:
+  // std::length_error (SizeOverflow) when the sizes overflow,
+  // std::invalid_argument beyond kMaxContext, std::bad_alloc when the memory
+  // cannot be reserved.
   KvCache(size_t layers, size_t kv_heads, size_t head_dim, size_t context,
           bool int8);
 

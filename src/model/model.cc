@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "util/checked.h"
+
 namespace lowbit {
 namespace {
 
@@ -43,16 +45,25 @@ struct Model::Scratch {
   void Reserve(size_t n, const ModelConfig& c, size_t ffn_width,
                size_t experts) {
     if (n <= tokens) return;
-    tokens = n;
-    for (auto* b : {&x, &h, &y, &gathered, &expert_out}) b->resize(n * c.hidden);
-    q.resize(n * c.heads * c.head_dim);
-    attn.resize(n * c.heads * c.head_dim);
-    k.resize(n * c.kv_heads * c.head_dim);
-    v.resize(n * c.kv_heads * c.head_dim);
-    g.resize(n * ffn_width);
-    u.resize(n * ffn_width);
-    router.resize(n * std::max<size_t>(experts, 1));
+    const char* what = "activation buffers";
+    const size_t hidden = CheckedMul(n, c.hidden, what);
+    const size_t q_width = CheckedProduct(what, n, c.heads, c.head_dim);
+    const size_t kv_width = CheckedProduct(what, n, c.kv_heads, c.head_dim);
+    const size_t ffn = CheckedMul(n, ffn_width, what);
+    const size_t routes = CheckedMul(n, std::max<size_t>(experts, 1), what);
+    for (size_t width : {hidden, q_width, kv_width, ffn, routes}) {
+      CheckedBytes(width, sizeof(float), what);
+    }
+    for (auto* b : {&x, &h, &y, &gathered, &expert_out}) b->resize(hidden);
+    q.resize(q_width);
+    attn.resize(q_width);
+    k.resize(kv_width);
+    v.resize(kv_width);
+    g.resize(ffn);
+    u.resize(ffn);
+    router.resize(routes);
     gate1.resize(n);
+    tokens = n;
   }
   size_t tokens = 0;
   std::vector<float> x, h, y, q, k, v, attn, g, u, router, gathered,
@@ -65,13 +76,18 @@ Model::Model(ModelConfig config, WeightMap weights, VectorMap vectors,
       weights_(std::move(weights)),
       vectors_(std::move(vectors)),
       final_norm_(nullptr),
-      cache_(config_.layers.size(), config_.kv_heads, config_.head_dim,
-             context, kv_int8),
       scratch_(std::make_unique<Scratch>()) {
   const ModelConfig& c = config_;
-  if (c.hidden == 0 || c.heads == 0 || c.kv_heads == 0 || c.head_dim == 0 ||
-      c.vocab == 0 || c.layers.empty()) {
-    throw std::invalid_argument("model config: empty dimension");
+  for (auto [field, value] : {std::pair{"hidden", c.hidden},
+                              std::pair{"heads", c.heads},
+                              std::pair{"kv_heads", c.kv_heads},
+                              std::pair{"head_dim", c.head_dim},
+                              std::pair{"vocab", c.vocab},
+                              std::pair{"layers", c.layers.size()}}) {
+    if (value == 0) {
+      throw std::invalid_argument(std::string("model config: ") + field +
+                                  " is 0");
+    }
   }
   if (c.heads % c.kv_heads != 0) {
     throw std::invalid_argument("model config: heads (" +
@@ -82,6 +98,17 @@ Model::Model(ModelConfig config, WeightMap weights, VectorMap vectors,
   if (c.head_dim % 2 != 0) {
     throw std::invalid_argument("model config: head_dim must be even");
   }
+  if (c.activation != Activation::kSilu &&
+      c.activation != Activation::kGeluTanh) {
+    throw std::invalid_argument("model config: unknown activation " +
+                                std::to_string(static_cast<int>(c.activation)));
+  }
+  // Products of config sizes are compared with the weights' real shapes
+  // below; a wrapped product could match a small weight.
+  const size_t q_rows =
+      CheckedMul(c.heads, c.head_dim, "model config: heads x head_dim");
+  const size_t kv_rows =
+      CheckedMul(c.kv_heads, c.head_dim, "model config: kv_heads x head_dim");
   if (context == 0) throw std::invalid_argument("context must be positive");
 
   auto matrix = [&](const std::string& name, size_t rows, size_t cols,
@@ -129,19 +156,19 @@ Model::Model(ModelConfig config, WeightMap weights, VectorMap vectors,
                                   ", expected head_dim / 2");
     }
     Layer layer;
-    layer.q = matrix(p + "q", c.heads * hd, c.hidden, true);
-    layer.k = matrix(p + "k", c.kv_heads * hd, c.hidden, true);
-    layer.v = matrix(p + "v", c.kv_heads * hd, c.hidden, true);
-    layer.o = matrix(p + "o", c.hidden, c.heads * hd, true);
+    layer.q = matrix(p + "q", q_rows, c.hidden, true);
+    layer.k = matrix(p + "k", kv_rows, c.hidden, true);
+    layer.v = matrix(p + "v", kv_rows, c.hidden, true);
+    layer.o = matrix(p + "o", c.hidden, q_rows, true);
     layer.attn_norm = vector(p + "attn_norm", c.hidden, true);
     layer.ffn_norm = vector(p + "ffn_norm", c.hidden, true);
     layer.attn_post_norm = vector(p + "attn_post_norm", c.hidden, false);
     layer.ffn_post_norm = vector(p + "ffn_post_norm", c.hidden, false);
     layer.q_norm = vector(p + "q_norm", hd, false);
     layer.k_norm = vector(p + "k_norm", hd, false);
-    layer.q_bias = vector(p + "q_bias", c.heads * hd, false);
-    layer.k_bias = vector(p + "k_bias", c.kv_heads * hd, false);
-    layer.v_bias = vector(p + "v_bias", c.kv_heads * hd, false);
+    layer.q_bias = vector(p + "q_bias", q_rows, false);
+    layer.k_bias = vector(p + "k_bias", kv_rows, false);
+    layer.v_bias = vector(p + "v_bias", kv_rows, false);
 
     layer.router = matrix(p + "router", 0, c.hidden, false);
     if (layer.router.empty()) {
@@ -177,6 +204,8 @@ Model::Model(ModelConfig config, WeightMap weights, VectorMap vectors,
     }
     layers_.push_back(std::move(layer));
   }
+  cache_ = std::make_unique<KvCache>(c.layers.size(), c.kv_heads, hd, context,
+                                     kv_int8);
 }
 
 Model::~Model() = default;
@@ -193,7 +222,7 @@ void Model::Rewind(size_t position) {
 void Model::Forward(const int32_t* ids, size_t n, bool all_logits,
                     float* logits) {
   if (n == 0) throw std::invalid_argument("no tokens to run");
-  if (position_ + n > context()) {
+  if (n > context() - position_) {
     throw std::out_of_range(
         std::to_string(position_ + n) + " tokens exceed the context of " +
         std::to_string(context()) + " (load the model with a larger context)");
@@ -286,7 +315,7 @@ void Model::AttentionBlock(size_t l, size_t n, float* x, Scratch& s) {
     RmsNorm(s.k.data(), layer.k_norm->data(), n * c.kv_heads, hd, c.rms_eps,
             s.k.data());
   }
-  const KvLayerView kv = cache_.layer(l);
+  const KvLayerView kv = cache_->layer(l);
   for (size_t t = 0; t < n; ++t) {
     const double pos = static_cast<double>(position_ + t);
     ApplyRope(s.q.data() + t * q_width, c.heads, hd, lc.inv_freq.data(), pos,

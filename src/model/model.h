@@ -68,7 +68,7 @@ class Model {
   void Forward(const int32_t* ids, size_t n, bool all_logits, float* logits);
 
   size_t position() const { return position_; }
-  size_t context() const { return cache_.context(); }
+  size_t context() const { return cache_->context(); }
   // Forget the cache from `position` on (0: start a new sequence).
   void Rewind(size_t position);
   const ModelConfig& config() const { return config_; }
@@ -95,7 +95,9 @@ class Model {
   WeightView lm_head_;
   const std::vector<float>* final_norm_;
   std::vector<Layer> layers_;
-  KvCache cache_;
+  // Built last in the constructor: its size comes from the config, which
+  // must have been checked against the weights first.
+  std::unique_ptr<KvCache> cache_;
   std::unique_ptr<Scratch> scratch_;
   size_t position_ = 0;
 };

@@ -11,6 +11,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "util/checked.h"
 
 namespace lowbit {
 
@@ -61,6 +65,18 @@ inline size_t RowBytes(size_t cols, int bits) {
   if (bits == 8) return cols;
   const size_t per_block = CodesPerBlock(bits);
   return (cols + per_block - 1) / per_block * kBlockBytes;
+}
+
+// RowBytes for sizes from outside: std::invalid_argument for bits other than
+// 8, 4, 2 and 1 (CodesPerBlock divides by bits), SizeOverflow when rounding
+// cols up to whole blocks overflows.
+inline size_t CheckedRowBytes(size_t cols, int bits) {
+  if (bits != 8 && bits != 4 && bits != 2 && bits != 1) {
+    throw std::invalid_argument("bits: must be 8, 4, 2 or 1, got " +
+                                std::to_string(bits));
+  }
+  if (bits != 8) CheckedAdd(cols, CodesPerBlock(bits) - 1, "cols: row bytes");
+  return RowBytes(cols, bits);
 }
 
 inline size_t GroupsPerRow(size_t cols, size_t group_size) {
