@@ -15,6 +15,7 @@ import jsonschema
 
 from lowbit.architectures import family_of
 from lowbit.errors import LowbitError
+from lowbit.model_config import head_dim
 from lowbit.schemes import BLOCK_BYTES
 
 MANIFEST_FILE = "manifest.json"
@@ -54,8 +55,18 @@ def validate(manifest: dict[str, Any], where: str = MANIFEST_FILE) -> None:
     if version not in SCHEMA_FILES:
         known = ", ".join(repr(v) for v in SCHEMA_FILES)
         raise ManifestError(f"{where}: format_version {version!r} is not one of {known}")
+    _check_schema(manifest, schema(version), where)
+    if version == "2" and "lowbit" in manifest["model"]:
+        # The NPZ layout keeps lowbit's own model section beside the reference
+        # one; inspect reads it, so it is held to format 1's model schema.
+        _check_schema(
+            manifest["model"]["lowbit"], schema(1)["properties"]["model"], f"{where}: model/lowbit"
+        )
+
+
+def _check_schema(document: Any, against: dict[str, Any], where: str) -> None:
     try:
-        jsonschema.validate(manifest, schema(version))
+        jsonschema.validate(document, against)
     except jsonschema.ValidationError as e:
         path = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise ManifestError(f"{where}: {path}: {e.message}") from None
@@ -67,7 +78,7 @@ def load(model_dir: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise ManifestError(f"{path}: missing; is {model_dir} a lowbit model directory?") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ManifestError(f"{path}: unreadable ({e})") from None
     validate(manifest, str(path))
     return manifest
@@ -96,7 +107,7 @@ def describe_model(config: dict[str, Any], name: str, tied: bool) -> dict[str, A
         "num_layers": int(config["num_hidden_layers"]),
         "num_heads": heads,
         "num_kv_heads": int(config.get("num_key_value_heads") or heads),
-        "head_dim": int(config.get("head_dim") or hidden // heads),
+        "head_dim": head_dim(config),
         "intermediate_size": int(
             config.get("intermediate_size") or config.get("moe_intermediate_size") or 1
         ),

@@ -21,9 +21,10 @@ from lowbit import _core
 from lowbit.architectures import family_of
 from lowbit.checkpoint import Checkpoint, CheckpointError
 from lowbit.dtypes import cast
-from lowbit.errors import ArgumentError, ArgumentTypeError, LowbitError
+from lowbit.errors import ArgumentError, ArgumentTypeError, LowbitError, check_int
 from lowbit.inspect_model import inspect_model
 from lowbit.manifest import load as load_manifest
+from lowbit.model_config import check_layers, read_config
 from lowbit.npz_format import NPZ_FORMAT_VERSION
 from lowbit.quantize import QuantizedTensor
 from lowbit.runtime_config import canonical_name, core_config, norm_plus_one
@@ -97,7 +98,9 @@ class Model:
         report = inspect_model(path, verify=verify)
         if not report.ok:
             raise ModelLoadError(f"{path}: " + "; ".join(report.problems))
-        self.config = _read_json(path / "config.json")
+        config_file = path / "config.json"
+        self.config = read_config(config_file)
+        check_layers(self.config, (w["name"] for w in self.manifest["weights"]), config_file)
         self.family = family_of(self.config).name
         model_ctx = int(self.manifest["model"]["context_length"])
         ctx = context_length or min(model_ctx, DEFAULT_CONTEXT)
@@ -310,14 +313,15 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _eos_ids(path: Path, config: dict[str, Any]) -> set[int]:
     """EOS tokens: generation_config.json's, else config.json's."""
     gen = path / "generation_config.json"
-    value = None
+    value, source = None, gen
     if gen.is_file():
         value = _read_json(gen).get("eos_token_id")
     if value is None:
-        value = config.get("eos_token_id")
+        value, source = config.get("eos_token_id"), path / "config.json"
     if value is None:
         return set()
-    return {int(v) for v in (value if isinstance(value, list) else [value])}
+    values = value if isinstance(value, list) else [value]
+    return {check_int(v, path=source, field="eos_token_id", hi=2**31) for v in values}
 
 
 def stored_tensor(ck: Checkpoint, w: dict[str, Any]) -> QuantizedTensor:

@@ -19,8 +19,34 @@ class TokenizerError(LowbitError):
 
 def _token_text(value: Any) -> str | None:
     if isinstance(value, dict):  # {"content": "<s>", ...} in older files
-        return value.get("content")
+        value = value.get("content")
     return value if isinstance(value, str) else None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
+        raise TokenizerError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise TokenizerError(f"{path}: expected a JSON object")
+    return config
+
+
+def _chat_template(value: Any, path: Path) -> str | None:
+    """The template text: a string, or the "default" of a list of named templates."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        named: dict[Any, str] = {}
+        for i, t in enumerate(value):
+            if not (isinstance(t, dict) and isinstance(t.get("template"), str)):
+                raise TokenizerError(
+                    f"{path}: chat_template[{i}]: expected {{'name': ..., 'template': '...'}}"
+                )
+            named.setdefault(t.get("name"), t["template"])
+        return named.get("default") or next(iter(named.values()), None)
+    raise TokenizerError(f"{path}: chat_template: expected a string or a list of named templates")
 
 
 class Tokenizer:
@@ -32,22 +58,23 @@ class Tokenizer:
         path = model_dir / TOKENIZER_FILE
         try:
             self._tok = HfTokenizer.from_file(str(path))
-        except Exception as e:  # tokenizers raises a bare Exception on bad files
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:
+            # tokenizers raises a bare Exception on bad files, and a Rust panic
+            # (pyo3's PanicException, a BaseException) on some malformed ones.
             raise TokenizerError(f"{path}: not a readable tokenizer ({e})") from None
         self._config: dict[str, Any] = {}
         cfg = model_dir / "tokenizer_config.json"
         if cfg.is_file():
-            try:
-                self._config = json.loads(cfg.read_text())
-            except ValueError as e:
-                raise TokenizerError(f"{cfg}: not JSON ({e})") from None
-        template = self._config.get("chat_template")
-        if isinstance(template, list):  # named templates: take "default"
-            named = {t.get("name"): t.get("template") for t in template}
-            template = named.get("default") or next(iter(named.values()), None)
+            self._config = _read_config(cfg)
+        template = _chat_template(self._config.get("chat_template"), cfg)
         jinja_file = model_dir / CHAT_TEMPLATE_FILE
         if jinja_file.is_file():
-            template = jinja_file.read_text()
+            try:
+                template = jinja_file.read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise TokenizerError(f"{jinja_file}: unreadable ({e})") from None
         self.chat_template: str | None = template
         self.bos_token = _token_text(self._config.get("bos_token"))
         self.eos_token = _token_text(self._config.get("eos_token"))
