@@ -16,7 +16,7 @@ import jsonschema
 from lowbit.architectures import family_of
 from lowbit.errors import LowbitError
 from lowbit.model_config import head_dim
-from lowbit.schemes import BLOCK_BYTES
+from lowbit.schemes import BLOCK_BYTES, get_scheme
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -56,12 +56,35 @@ def validate(manifest: dict[str, Any], where: str = MANIFEST_FILE) -> None:
         known = ", ".join(repr(v) for v in SCHEMA_FILES)
         raise ManifestError(f"{where}: format_version {version!r} is not one of {known}")
     _check_schema(manifest, schema(version), where)
+    if version == FORMAT_VERSION:
+        for i, w in enumerate(manifest["weights"]):
+            _check_weight(w, f"{where}: weights/{i} ({w['name']})")
     if version == "2" and "lowbit" in manifest["model"]:
         # The NPZ layout keeps lowbit's own model section beside the reference
         # one; inspect reads it, so it is held to format 1's model schema.
         _check_schema(
             manifest["model"]["lowbit"], schema(1)["properties"]["model"], f"{where}: model/lowbit"
         )
+
+
+def _check_weight(w: dict[str, Any], where: str) -> None:
+    """A weight entry's fields agree with its scheme: the tensors it names are
+    the ones the writer makes for that scheme, and the runtime reads exactly them."""
+    s = get_scheme(w["scheme"])
+    if w["bits"] != s.bits:
+        raise ManifestError(f"{where}: bits {w['bits']} but scheme {s.name} has {s.bits}")
+    name = w["name"]
+    if s.is_float:
+        expected = {"values": name}
+        if w["group_size"] is not None:
+            raise ManifestError(f"{where}: group_size: a {s.name} tensor has none")
+    else:
+        expected = {"values": f"{name}.codes", "scales": f"{name}.scales"}
+        if s.asymmetric:
+            expected["zeros"] = f"{name}.zeros"
+    stored = {k: v for k, v in w["stored"].items() if k != "file"}
+    if stored != expected:
+        raise ManifestError(f"{where}: stored: {s.name} is stored as {expected}, not {stored}")
 
 
 def _check_schema(document: Any, against: dict[str, Any], where: str) -> None:
