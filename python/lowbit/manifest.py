@@ -52,7 +52,7 @@ def schema(format_version: int | str = FORMAT_VERSION) -> dict[str, Any]:
 def validate(manifest: dict[str, Any], where: str = MANIFEST_FILE) -> None:
     """Raise ManifestError naming the first field that breaks the schema."""
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version not in SCHEMA_FILES:
+    if not isinstance(version, int | str) or version not in SCHEMA_FILES:
         known = ", ".join(repr(v) for v in SCHEMA_FILES)
         raise ManifestError(f"{where}: format_version {version!r} is not one of {known}")
     _check_schema(manifest, schema(version), where)
@@ -95,10 +95,15 @@ def _check_schema(document: Any, against: dict[str, Any], where: str) -> None:
         raise ManifestError(f"{where}: {path}: {e.message}") from None
 
 
+def _no_constant(name: str) -> None:
+    # Python's json reads NaN and Infinity, which no schema bound excludes.
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def load(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir) / MANIFEST_FILE
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(), parse_constant=_no_constant)
     except FileNotFoundError:
         raise ManifestError(f"{path}: missing; is {model_dir} a lowbit model directory?") from None
     except (OSError, ValueError, RecursionError) as e:
@@ -109,7 +114,7 @@ def load(model_dir: str | Path) -> dict[str, Any]:
 
 def _rope(config: dict[str, Any]) -> dict[str, Any]:
     params = config.get("rope_parameters") or {}
-    theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
+    theta = params.get("rope_theta") or config.get("rope_theta") or 10000.0
     scaling = config.get("rope_scaling")
     if scaling is None and params.get("rope_type", "default") != "default":
         scaling = params

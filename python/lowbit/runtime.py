@@ -107,9 +107,16 @@ class Model:
         if ctx < 1:
             raise ArgumentError(f"context_length must be positive, got {ctx}")
         weights, vectors = self._read_weights()
-        self._core = _core.Model(
-            core_config(self.config), weights, vectors, ctx, kv_cache == "int8"
-        )
+        try:
+            self._core = _core.Model(
+                core_config(self.config), weights, vectors, ctx, kv_cache == "int8"
+            )
+        except LowbitError:
+            raise
+        except ValueError as e:
+            # The core checks the weights against the config (a tensor the
+            # layers need and the manifest does not list, a wrong size).
+            raise ModelLoadError(f"{path}: {e}") from None
         self.context_length = ctx
         self.kv_cache = kv_cache
         self.vocab_size = int(self.config["vocab_size"])

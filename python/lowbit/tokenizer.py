@@ -111,5 +111,7 @@ class Tokenizer:
                 bos_token=self.bos_token or "",
                 eos_token=self.eos_token or "",
             )
-        except TemplateError as e:
-            raise TokenizerError(f"chat template: {e}") from None
+        except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError) as e:
+            # The template is data from the model directory: its runtime
+            # errors (a list % a list, a missing key) are bad input too.
+            raise TokenizerError(f"chat template: {type(e).__name__}: {e}") from None

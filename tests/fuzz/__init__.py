@@ -202,7 +202,8 @@ def _worker(conn: Any) -> None:
         except EOFError:
             return
         try:
-            READERS[reader].target(Path(path))
+            target = SELF_TESTS[reader] if reader in SELF_TESTS else READERS[reader].target
+            target(Path(path))
             conn.send(("accepted", ""))
         except LowbitError as e:
             conn.send(("clean", str(e)))
@@ -377,3 +378,31 @@ def table(stats: list[Stats]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+# Targets that misbehave on purpose, so that tests/test_fuzz.py can check that
+# the harness reports each outcome.
+def _self_test_crash(path: Path) -> None:
+    os.kill(os.getpid(), 11)
+
+
+def _self_test_hang(path: Path) -> None:
+    time.sleep(3600)
+
+
+def _self_test_unclean(path: Path) -> None:
+    raise KeyError(str(path))
+
+
+def _self_test_clean(path: Path) -> None:
+    from lowbit.errors import LowbitError
+
+    raise LowbitError(f"{path}: bad")
+
+
+SELF_TESTS = {
+    "_crash": _self_test_crash,
+    "_hang": _self_test_hang,
+    "_unclean": _self_test_unclean,
+    "_clean": _self_test_clean,
+}

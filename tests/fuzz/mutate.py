@@ -4,6 +4,7 @@ a campaign is reproducible from its seed."""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import re
@@ -62,9 +63,16 @@ def _position(rng: random.Random, n: int) -> int:
     return rng.randrange(min(n, 4096)) if rng.random() < 0.7 else rng.randrange(n)
 
 
+def _interesting(rng: random.Random) -> Any:
+    # A copy: the lists and dicts of INTERESTING must not be mutated in place.
+    return copy.deepcopy(rng.choice(INTERESTING))
+
+
 def _nodes(doc: Any, path: tuple = ()) -> list[tuple]:
-    """Paths of every node of a JSON document (limited, for big documents)."""
+    """Paths of the nodes of a JSON document (limited, for big or deep documents)."""
     out = [path]
+    if len(path) > 32:
+        return out
     if isinstance(doc, dict):
         items = list(doc.items())
     elif isinstance(doc, list):
@@ -88,7 +96,7 @@ def mutate_json_doc(doc: Any, rng: random.Random) -> Any:
         nodes = _nodes(doc)
         path = rng.choice(nodes)
         if not path:
-            doc = rng.choice((rng.choice(INTERESTING), [doc], {"x": doc}, doc))
+            doc = rng.choice((_interesting(rng), [doc], {"x": doc}, doc))
             continue
         parent, key = _get(doc, path[:-1]), path[-1]
         op = rng.randrange(6)
@@ -103,7 +111,7 @@ def mutate_json_doc(doc: Any, rng: random.Random) -> Any:
         elif op == 3 and isinstance(parent[key], int | float) and not isinstance(parent[key], bool):
             parent[key] = rng.choice((parent[key] * 2**20, -parent[key], parent[key] + 1, 0))
         else:
-            parent[key] = rng.choice(INTERESTING)
+            parent[key] = _interesting(rng)
     return doc
 
 
