@@ -6,6 +6,7 @@ package; the writer validates against it and ``lowbit inspect`` checks it.
 
 from __future__ import annotations
 
+import functools
 import json
 from importlib import resources
 from pathlib import Path
@@ -55,16 +56,14 @@ def validate(manifest: dict[str, Any], where: str = MANIFEST_FILE) -> None:
     if not isinstance(version, int | str) or version not in SCHEMA_FILES:
         known = ", ".join(repr(v) for v in SCHEMA_FILES)
         raise ManifestError(f"{where}: format_version {version!r} is not one of {known}")
-    _check_schema(manifest, schema(version), where)
+    _check_schema(manifest, _validator(version), where)
     if version == FORMAT_VERSION:
         for i, w in enumerate(manifest["weights"]):
             _check_weight(w, f"{where}: weights/{i} ({w['name']})")
     if version == "2" and "lowbit" in manifest["model"]:
         # The NPZ layout keeps lowbit's own model section beside the reference
         # one; inspect reads it, so it is held to format 1's model schema.
-        _check_schema(
-            manifest["model"]["lowbit"], schema(1)["properties"]["model"], f"{where}: model/lowbit"
-        )
+        _check_schema(manifest["model"]["lowbit"], _validator("model"), f"{where}: model/lowbit")
 
 
 def _check_weight(w: dict[str, Any], where: str) -> None:
@@ -87,12 +86,22 @@ def _check_weight(w: dict[str, Any], where: str) -> None:
         raise ManifestError(f"{where}: stored: {s.name} is stored as {expected}, not {stored}")
 
 
-def _check_schema(document: Any, against: dict[str, Any], where: str) -> None:
-    try:
-        jsonschema.validate(document, against)
-    except jsonschema.ValidationError as e:
-        path = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise ManifestError(f"{where}: {path}: {e.message}") from None
+@functools.cache
+def _validator(version: int | str) -> Any:  # a jsonschema Validator
+    """The schema's validator, made once: checking the schema itself took most
+    of the time of every ``load`` (twice per model load)."""
+    doc = schema(1)["properties"]["model"] if version == "model" else schema(version)
+    cls = jsonschema.validators.validator_for(doc)
+    cls.check_schema(doc)
+    return cls(doc)
+
+
+def _check_schema(document: Any, validator: Any, where: str) -> None:
+    # best_match: the error jsonschema.validate would raise.
+    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    if error is not None:
+        path = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ManifestError(f"{where}: {path}: {error.message}")
 
 
 def _no_constant(name: str) -> None:

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,10 +89,21 @@ def _read_converted(path: Path) -> None:
 
 
 def _read_converted_unverified(path: Path) -> None:
-    """Converted safetensors without hashes: what reaches the native loader."""
-    import lowbit
+    """Converted safetensors whose manifest was rewritten to match (sizes and
+    hashes, as whoever damaged the file could): what reaches the native loader."""
+    import json
 
-    model = lowbit.load(path, context_length=16)
+    import lowbit
+    from lowbit.hashing import file_digest
+
+    manifest_file = path / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    for f in manifest["files"]:
+        f["size"] = (path / f["name"]).stat().st_size
+        f["sha256"] = file_digest(path / f["name"])
+    manifest_file.unlink()  # a hard link to the seed
+    manifest_file.write_text(json.dumps(manifest))
+    model = lowbit.load(path, context_length=16, verify=True)
     model.generate([1, 2, 3], max_new_tokens=2)
 
 
@@ -194,6 +206,7 @@ def make_seeds(root: Path) -> Path:
 def _worker(conn: Any) -> None:
     """Run targets on the inputs the parent sends, under a memory limit."""
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    warnings.simplefilter("ignore")  # numpy's overflow warnings on garbage weights
     from lowbit.errors import LowbitError
 
     while True:
