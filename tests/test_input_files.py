@@ -347,3 +347,40 @@ def test_bad_tokenizer_config_is_a_tokenizer_error(src, tmp_path, config):
     (d / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(TokenizerError, match=r"tokenizer_config\.json"):
         Tokenizer(d)
+
+
+# ---------------------------------------------------------------- NPZ
+
+
+@pytest.fixture(scope="module")
+def npz_dir(src, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("inputs") / "npz"
+    lowbit.convert(src, out, preset="q4", progress=False, fmt="npz")
+    return out
+
+
+def _inspect_npz_bytes(npz_dir: Path, tmp_path: Path, data: bytes) -> list[str]:
+    from lowbit.inspect_model import inspect_model
+
+    out = tmp_path / "n"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(npz_dir, out)
+    (out / "model.npz").write_bytes(data)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["metadata"]["size"] = len(data)  # past the size check, to the archive reader
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return inspect_model(out).problems
+
+
+def test_a_damaged_npz_archive_is_a_reported_problem(npz_dir, tmp_path):
+    data = (npz_dir / "model.npz").read_bytes()
+    # Cut inside members (EOFError from zipfile before) and anywhere else.
+    for cut in range(30, len(data), max(1, len(data) // 60)):
+        problems = _inspect_npz_bytes(npz_dir, tmp_path, data[:cut])
+        assert problems, cut
+    # An unknown compression method (NotImplementedError from zipfile before).
+    raw = bytearray(data)
+    central = raw.rfind(b"PK\x01\x02")
+    raw[central + 10 : central + 12] = (99).to_bytes(2, "little")
+    problems = _inspect_npz_bytes(npz_dir, tmp_path, bytes(raw))
+    assert any("not a readable NPZ file" in p for p in problems), problems

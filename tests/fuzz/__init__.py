@@ -88,21 +88,33 @@ def _read_converted(path: Path) -> None:
     model.generate([1, 2, 3], max_new_tokens=2)
 
 
-def _read_converted_unverified(path: Path) -> None:
-    """Converted safetensors whose manifest was rewritten to match (sizes and
-    hashes, as whoever damaged the file could): what reaches the native loader."""
+def _rehash(path: Path) -> None:
+    """Make the manifest's sizes and hashes match the (mutated) files, as whoever
+    damaged a file could, so that mutations get past the size check to the
+    readers behind it. Only an unmutated manifest (still a hard link to the
+    seed's) is rewritten."""
     import json
 
-    import lowbit
     from lowbit.hashing import file_digest
 
     manifest_file = path / "manifest.json"
+    if manifest_file.stat().st_nlink < 2:
+        return  # the manifest is the mutated file
     manifest = json.loads(manifest_file.read_text())
-    for f in manifest["files"]:
-        f["size"] = (path / f["name"]).stat().st_size
-        f["sha256"] = file_digest(path / f["name"])
-    manifest_file.unlink()  # a hard link to the seed
+    entries = manifest["files"] if "files" in manifest else [manifest["metadata"]]
+    for f in entries:
+        name = f.get("name") or f["file"]
+        f["size"] = (path / name).stat().st_size
+        f["sha256"] = file_digest(path / name)
+    manifest_file.unlink()
     manifest_file.write_text(json.dumps(manifest))
+
+
+def _read_converted_unverified(path: Path) -> None:
+    """Converted safetensors (manifest rehashed): what reaches the native loader."""
+    import lowbit
+
+    _rehash(path)
     model = lowbit.load(path, context_length=16, verify=True)
     model.generate([1, 2, 3], max_new_tokens=2)
 
@@ -112,7 +124,8 @@ def _read_npz(path: Path) -> None:
     from lowbit.errors import LowbitError
     from lowbit.inspect_model import inspect_model
 
-    report = inspect_model(path, verify=False)
+    _rehash(path)
+    report = inspect_model(path, verify=True)
     if not report.ok:  # problems found are a clean report of bad input
         raise LowbitError("; ".join(report.problems))
 
@@ -132,6 +145,13 @@ def _read_gguf(path: Path) -> None:
     from lowbit.gguf_input import read_gguf
 
     read_gguf(path / "tiny.gguf")
+
+
+def _import_gguf(path: Path) -> None:
+    """The whole GGUF import (transformers builds and fills the model); slow."""
+    from lowbit.gguf_input import import_gguf
+
+    import_gguf(path / "tiny.gguf", path / "imported")
 
 
 # ---------------------------------------------------------------- readers
@@ -172,6 +192,7 @@ READERS: dict[str, Reader] = {
         Reader("npz", "npz", ("model.npz", "manifest.json"), _read_npz, "bytes"),
         Reader("tolerances", "tol", ("tolerances.toml",), _read_tolerances, "toml"),
         Reader("gguf", "gguf", ("tiny.gguf",), _read_gguf, "gguf"),
+        Reader("gguf-import", "gguf", ("tiny.gguf",), _import_gguf, "gguf"),
     )
 }
 
