@@ -18,6 +18,7 @@ BUDGET = {
     "converted-safetensors": 40,
     "npz": 60,
     "gguf": 200,
+    "gguf-import": 10,  # transformers builds a model per input
 }
 DEFAULT_BUDGET = 300
 

@@ -32,6 +32,7 @@ from tests.fuzz import mutate
 
 MEMORY_LIMIT = 2 << 30  # bytes of address space per worker
 TIMEOUT = 10.0  # seconds per input
+STARTUP_TIMEOUT = 120.0  # seconds for a worker to import lowbit
 OUTCOMES = ("clean", "accepted", "crash", "hang", "unclean")
 
 
@@ -228,8 +229,16 @@ def _worker(conn: Any) -> None:
     """Run targets on the inputs the parent sends, under a memory limit."""
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
     warnings.simplefilter("ignore")  # numpy's overflow warnings on garbage weights
+    # Import what the targets use before saying ready, so that an input's
+    # timeout never includes the start-up of a (re)started worker.
+    import lowbit.gguf_input
+    import lowbit.inspect_model
+    import lowbit.runtime
+    import lowbit.tokenizer
+    import lowbit.tolerances  # noqa: F401
     from lowbit.errors import LowbitError
 
+    conn.send(("ready", ""))
     while True:
         try:
             reader, path = conn.recv()
@@ -257,6 +266,8 @@ class Worker:
         self.proc = self._ctx.Process(target=_worker, args=(child,), daemon=True)
         self.proc.start()
         child.close()
+        if not self.conn.poll(STARTUP_TIMEOUT) or self.conn.recv()[0] != "ready":
+            raise RuntimeError(f"fuzz worker did not start in {STARTUP_TIMEOUT} s")
 
     def run(self, reader: str, path: Path, timeout: float) -> tuple[str, str]:
         self.conn.send((reader, str(path)))
