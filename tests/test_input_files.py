@@ -333,6 +333,16 @@ def test_a_bad_tokenizer_json_is_a_tokenizer_error(src, tmp_path, content):
         Tokenizer(d)
 
 
+def test_a_tokenizer_that_panics_when_used_is_a_tokenizer_error(src, tmp_path):
+    # Loads fine, then tokenizers panics (a BaseException) on the first encode.
+    d = _tok_dir(src, tmp_path)
+    tok = json.loads((d / "tokenizer.json").read_text())
+    del tok["post_processor"]["special_tokens"]["<s>"]
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(TokenizerError, match=r"tokenizer\.json: cannot encode"):
+        Tokenizer(d).encode("hello")
+
+
 @pytest.mark.parametrize(
     "config",
     [

@@ -3,7 +3,9 @@ package), its special tokens and its chat template."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,21 +51,31 @@ def _chat_template(value: Any, path: Path) -> str | None:
     raise TokenizerError(f"{path}: chat_template: expected a string or a list of named templates")
 
 
+@contextlib.contextmanager
+def _tokenizers_errors(path: Path, what: str) -> Iterator[None]:
+    """The ``tokenizers`` package's failures as a TokenizerError naming the file.
+
+    It raises a bare Exception on bad files, and a Rust panic (pyo3's
+    PanicException, a BaseException) when a file that loaded is inconsistent
+    (a merge naming a token the vocabulary lacks) as soon as it is used.
+    """
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as e:
+        raise TokenizerError(f"{path}: {what} ({type(e).__name__}: {e})") from None
+
+
 class Tokenizer:
     """Text to token ids and back, plus the chat template when there is one."""
 
     def __init__(self, model_dir: Path) -> None:
         from tokenizers import Tokenizer as HfTokenizer
 
-        path = model_dir / TOKENIZER_FILE
-        try:
+        self.path = path = model_dir / TOKENIZER_FILE
+        with _tokenizers_errors(path, "not a readable tokenizer"):
             self._tok = HfTokenizer.from_file(str(path))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as e:
-            # tokenizers raises a bare Exception on bad files, and a Rust panic
-            # (pyo3's PanicException, a BaseException) on some malformed ones.
-            raise TokenizerError(f"{path}: not a readable tokenizer ({e})") from None
         self._config: dict[str, Any] = {}
         cfg = model_dir / "tokenizer_config.json"
         if cfg.is_file():
@@ -84,13 +96,16 @@ class Tokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        with _tokenizers_errors(self.path, "cannot encode"):
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True)
+        with _tokenizers_errors(self.path, "cannot decode"):
+            return self._tok.decode(ids, skip_special_tokens=True)
 
     def token_id(self, text: str | None) -> int | None:
-        return None if text is None else self._tok.token_to_id(text)
+        with _tokenizers_errors(self.path, "cannot look up a token"):
+            return None if text is None else self._tok.token_to_id(text)
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
         """The prompt text for ``messages``, ending with the assistant's turn."""
