@@ -394,3 +394,28 @@ def test_a_damaged_npz_archive_is_a_reported_problem(npz_dir, tmp_path):
     raw[central + 10 : central + 12] = (99).to_bytes(2, "little")
     problems = _inspect_npz_bytes(npz_dir, tmp_path, bytes(raw))
     assert any("not a readable NPZ file" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [({"head_dim": 0}, "head_dim"), ({"num_attention_heads": 2**62}, "num_attention_heads")],
+)
+def test_the_cli_reports_a_bad_config_in_one_line_with_exit_2(
+    src, tmp_path, capsys, changes, field
+):
+    from lowbit.cli import main
+
+    ck = _with_config(src, tmp_path, **changes)
+    assert main(["convert", str(ck), str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert "Traceback" not in err
+    assert f"config.json: {field}:" in err
+
+
+def test_upcycle_needs_the_intermediate_size(src, tmp_path):
+    from lowbit.upcycle import UpcycleError, upcycle
+
+    ck = _with_config(src, tmp_path, intermediate_size=_DELETE)
+    with pytest.raises(UpcycleError, match=r"config\.json: intermediate_size: missing"):
+        upcycle(ck, tmp_path / "moe", experts=2, top_k=1)

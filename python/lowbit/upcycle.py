@@ -173,6 +173,8 @@ def _check_args(
         raise UpcycleError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if router not in ROUTERS:
         raise UpcycleError(f"router must be one of {', '.join(ROUTERS)}, got {router!r}")
+    if config.get("intermediate_size") is None:  # optional for lowbit, needed here
+        raise UpcycleError("config.json: intermediate_size: missing; a dense FFN needs its size")
     inter = int(config["intermediate_size"])
     if experts < 1:
         raise UpcycleError(f"experts must be at least 1, got {experts}")
