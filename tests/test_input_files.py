@@ -419,3 +419,23 @@ def test_upcycle_needs_the_intermediate_size(src, tmp_path):
     ck = _with_config(src, tmp_path, intermediate_size=_DELETE)
     with pytest.raises(UpcycleError, match=r"config\.json: intermediate_size: missing"):
         upcycle(ck, tmp_path / "moe", experts=2, top_k=1)
+
+
+def test_nan_in_a_stored_vector_is_a_load_error_naming_the_file(converted, tmp_path):
+    from lowbit.checkpoint import read_header
+    from lowbit.hashing import file_digest
+    from lowbit.runtime import ModelLoadError
+
+    model = tmp_path / "m"
+    shutil.copytree(converted, model)
+    st = model / "model.safetensors"
+    info = read_header(st)["model.norm.weight"]
+    data = bytearray(st.read_bytes())
+    data[info.offset : info.offset + 4] = struct.pack("<f", float("nan"))
+    st.write_bytes(bytes(data))
+    manifest = json.loads((model / "manifest.json").read_text())
+    for f in manifest["files"]:  # consistent hashes: the data itself is what is wrong
+        f["sha256"] = file_digest(model / f["name"])
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors: model\.norm\.weight: NaN"):
+        lowbit.load(model, verify=True)

@@ -132,24 +132,40 @@ class Model:
         vectors: dict[str, np.ndarray] = {}
         plus_one = norm_plus_one(self.family)
         for w in self.manifest["weights"]:
-            name = w["name"]
-            canon = canonical_name(name, self.family)
+            canon = canonical_name(w["name"], self.family)
             if canon is None:
                 continue
-            stored = w["stored"]
-            shape = tuple(w["shape"])
-            if len(shape) == 1:
-                v = cast(ck.get(stored["values"]), np.float32, name)
-                if plus_one and canon.endswith("norm"):
-                    v = (np.float32(1.0) + v).astype(np.float32)
-                vectors[canon] = v
-                continue
-            qt = stored_tensor(ck, w)
-            if len(shape) == 3:
-                _split_experts(canon, qt, shape, weights)
-            else:
-                weights[canon] = qt.weight(name)
+            try:
+                self._read_weight(ck, w, canon, plus_one, weights, vectors)
+            except LowbitError:
+                raise
+            except ValueError as e:
+                # The core's checks of stored data (NaN or Inf in a vector,
+                # codes that do not fit the shape): bad input, from this file.
+                raise ModelLoadError(f"{self.path / w['stored']['file']}: {e}") from None
         return weights, vectors
+
+    @staticmethod
+    def _read_weight(
+        ck: Checkpoint,
+        w: dict[str, Any],
+        canon: str,
+        plus_one: bool,
+        weights: dict[str, _core.Weight],
+        vectors: dict[str, np.ndarray],
+    ) -> None:
+        name, shape = w["name"], tuple(w["shape"])
+        if len(shape) == 1:
+            v = cast(ck.get(w["stored"]["values"]), np.float32, name)
+            if plus_one and canon.endswith("norm"):
+                v = (np.float32(1.0) + v).astype(np.float32)
+            vectors[canon] = v
+            return
+        qt = stored_tensor(ck, w)
+        if len(shape) == 3:
+            _split_experts(canon, qt, shape, weights)
+        else:
+            weights[canon] = qt.weight(name)
 
     # ------------------------------------------------------------ running
 
