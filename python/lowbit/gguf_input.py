@@ -64,8 +64,12 @@ def read_gguf(gguf: Path) -> Any:
     every count and size is checked here first. Errors are GGUFErrors naming
     the file and the key.
     """
-    from gguf import GGUFReader
-
+    try:
+        from gguf import GGUFReader
+    except ImportError as e:
+        raise GGUFError(
+            f"{gguf}: reading GGUF needs the gguf package (pip install 'lowbit[validate]'): {e}"
+        ) from None
     try:
         reader = GGUFReader(gguf)
         fields = {name: field.contents() for name, field in reader.fields.items()}
@@ -151,15 +155,14 @@ def import_gguf(
     import numpy as np
     from safetensors.numpy import save_file
 
+    reader = read_gguf(gguf)  # checked before transformers builds anything
     try:
-        import gguf as _  # noqa: F401 (read_gguf imports it)
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
         raise GGUFError(
             f"{gguf}: reading GGUF needs torch, transformers, accelerate and gguf "
             f"(pip install 'lowbit[validate]'): {e}"
         ) from None
-    reader = read_gguf(gguf)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype="float32"
