@@ -9,6 +9,10 @@ import sys
 from lowbit.cli import main
 
 
+def _reject(name: str) -> None:
+    raise AssertionError(f"--json printed {name}, which strict JSON parsers reject")
+
+
 def test_demo_runs_end_to_end_on_the_default_model(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "q4")]) == 0
     out = capsys.readouterr().out
@@ -22,7 +26,7 @@ def test_demo_runs_end_to_end_on_the_default_model(tmp_path, capsys):
 
 def test_demo_json(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "q8"), "--preset", "q8", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out, parse_constant=_reject)  # strict JSON
     assert report["inspect"]["ok"]
     assert report["validation"]["ok"]  # q8 is within the default tolerances
     assert report["validation"]["model"]["kld_mean"] < 0.002

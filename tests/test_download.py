@@ -20,6 +20,10 @@ TOKEN = "hf_secretTOKEN0123456789"
 REPO = "tiny-org/tiny-llama"
 
 
+def _reject(name: str) -> None:
+    raise AssertionError(f"--json printed {name}, which strict JSON parsers reject")
+
+
 @pytest.fixture
 def hub(tiny_checkpoint) -> FakeHub:
     src = tiny_checkpoint("llama")
@@ -51,7 +55,7 @@ def test_local_dir_download_is_complete_and_converts(hub, tmp_path):
     out = tmp_path / "model"
     r = run(hub.url, tmp_path / "home", REPO, "--local-dir", str(out), "--json")
     assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout)
+    report = json.loads(r.stdout, parse_constant=_reject)  # strict JSON (no Infinity)
     repo = hub.repos[REPO]
     assert report["commit"] == repo.commit
     assert report["files"] == sorted(repo.files)

@@ -146,7 +146,7 @@ def test_a_model_without_tokenizer_runs_on_token_ids(converted_no_tokenizer):
             lambda d: _truncate(d / "model.safetensors"),
             "model.safetensors: .* bytes, manifest says",
         ),
-        (lambda d: (d / "config.json").write_text("{oops"), "config.json: unreadable"),
+        (lambda d: (d / "config.json").write_text("{oops"), "config.json: not valid JSON"),
         (lambda d: (d / "manifest.json").unlink(), "manifest.json: missing"),
         (lambda d: _flip_header(d / "model.safetensors"), "model.safetensors"),
     ],

@@ -51,6 +51,8 @@ class UnsupportedArchitecture(LowbitError):
 def family_of(config: dict) -> Family:
     """The family of a model from its config.json contents."""
     archs = config.get("architectures") or []
+    if not isinstance(archs, list):
+        raise UnsupportedArchitecture(f"config.json: architectures: expected a list, got {archs!r}")
     arch = archs[0] if archs else None
     if arch in ARCHITECTURES:
         return ARCHITECTURES[arch]

@@ -45,6 +45,16 @@ DTYPE_BYTES = {code: dt.itemsize for code, dt in NUMPY_DTYPES.items()}
 MAX_HEADER_BYTES = 100 << 20
 
 
+# Bounds on header fields, so that sizes computed from them stay meaningful.
+MAX_RANK = 8
+MAX_BYTES = 1 << 50
+
+
+def _is_int(value: object) -> bool:
+    # JSON true/false are ints to Python; a header never means them as sizes.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class CheckpointError(LowbitError):
     """A checkpoint that cannot be read; the message names the file and tensor."""
 
@@ -120,7 +130,7 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: header is not a JSON object")
@@ -140,14 +150,18 @@ def _check_entry(
     if not isinstance(entry, dict):
         raise CheckpointError(f"{where}: header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
         raise CheckpointError(f"{where}: unknown dtype {dtype!r}")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+    if not (
+        isinstance(shape, list)
+        and len(shape) <= MAX_RANK
+        and all(_is_int(d) and 0 <= d <= MAX_BYTES for d in shape)
+    ):
         raise CheckpointError(f"{where}: bad shape {shape!r}")
     if not (
         isinstance(offsets, list)
         and len(offsets) == 2
-        and all(isinstance(o, int) for o in offsets)
+        and all(_is_int(o) for o in offsets)
         and 0 <= offsets[0] <= offsets[1]
     ):
         raise CheckpointError(f"{where}: bad data_offsets {offsets!r}")
@@ -212,9 +226,12 @@ class Checkpoint:
 
     def _shards(self, index: Path, weight_map: dict[str, str]) -> list[Path]:
         try:
-            weight_map.update(json.loads(index.read_text())["weight_map"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            data = json.loads(index.read_text())
+        except (OSError, ValueError, RecursionError) as e:
             raise CheckpointError(f"{index}: not a safetensors index ({e})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
+            raise CheckpointError(f"{index}: weight_map: expected an object of tensor -> file")
+        weight_map.update(data["weight_map"])
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
             raise CheckpointError(f"{index}: weight_map must map tensor names to file names")
         shards = sorted(set(weight_map.values()))

@@ -6,12 +6,12 @@ Exit codes: 0 success, 1 a failed check, 2 bad usage or input, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lowbit import jsonout
 from lowbit.errors import LowbitError
 
 EXIT_OK = 0
@@ -52,7 +52,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     report = demo.run(out=args.out, preset=args.preset, quiet=args.quiet or args.json)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(jsonout.dumps(report))
     return EXIT_OK
 
 
@@ -69,7 +69,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         fmt=args.format,
     )
     if args.json:
-        print(json.dumps(summary.as_dict(), indent=2))
+        print(jsonout.dumps(summary.as_dict()))
     elif not args.quiet:
         ratio = summary.source_bytes / max(1, summary.output_bytes)
         print(
@@ -104,7 +104,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
         print(f"lowbit download: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT if e.bad_input else EXIT_CHECK_FAILED
     if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
+        print(jsonout.dumps(result.as_dict()))
     elif not args.quiet:
         # The path alone on stdout, as `hf download` prints it, for scripts.
         print(result.path)
@@ -123,7 +123,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(f"lowbit inspect: {e}", file=sys.stderr)
         return EXIT_CHECK_FAILED
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(jsonout.dumps(report.as_dict()))
     elif not args.quiet:
         print(format_report(report))
     if not report.ok:
@@ -147,7 +147,7 @@ def _cmd_schemes(args: argparse.Namespace) -> int:
         for s in SCHEMES.values()
     ]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(jsonout.dumps(rows))
     elif not args.quiet:
         for r in rows:
             print(f"{r['name']:<8} {r['summary']}")
@@ -199,7 +199,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(
-            json.dumps(
+            jsonout.dumps(
                 {
                     "prompt_tokens": result.prompt_tokens,
                     "tokens": result.tokens,
@@ -208,8 +208,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                     "seed": result.seed,
                     "prefill_tokens_per_second": result.prefill_tokens_per_second,
                     "decode_tokens_per_second": result.decode_tokens_per_second,
-                },
-                indent=2,
+                }
             )
         )
         return EXIT_OK
@@ -238,7 +237,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"{args.out}: no such model directory")
     result = run_bench(args.out, args.p, args.n, args.repetitions, args.kv_cache)
     if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
+        print(jsonout.dumps(result.as_dict()))
     elif not args.quiet:
         print(format_bench(result))
     return EXIT_OK
@@ -259,7 +258,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         model_level=not args.weights_only,
     )
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(jsonout.dumps(report.as_dict()))
     elif not args.quiet:
         print(format_report(report))
     for v in report.violations:
@@ -287,7 +286,7 @@ def _cmd_upcycle(args: argparse.Namespace) -> int:
         force=args.force,
     )
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(jsonout.dumps(report.as_dict()))
     elif not args.quiet:
         print(format_report(report))
     return EXIT_OK

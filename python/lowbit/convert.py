@@ -30,6 +30,7 @@ from lowbit.errors import LowbitError
 from lowbit.gguf_input import import_gguf, is_gguf
 from lowbit.hashing import file_digest
 from lowbit.manifest import FORMAT_VERSION, MANIFEST_FILE, PACKING, describe_model, validate
+from lowbit.model_config import check_layers, read_config
 from lowbit.npz_format import (
     NPZ_FILE,
     NPZ_FORMAT_VERSION,
@@ -289,13 +290,9 @@ def _plan(src: Path, recipe: Recipe) -> _Job:
     """Read ``src``'s config and tensor list and plan each tensor's scheme."""
     t0 = time.perf_counter()
     config_path = src / "config.json" if src.is_dir() else src.parent / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise ConvertError(f"{config_path}: missing; a checkpoint needs its config.json") from None
-    except ValueError as e:
-        raise ConvertError(f"{config_path}: not valid JSON ({e})") from None
+    config = read_config(config_path)
     ck = Checkpoint(src)
+    check_layers(config, ck.names(), config_path)
     tied = "lm_head.weight" not in ck.names()
     model = describe_model(config, config.get("_name_or_path") or src.name, tied)
     plans = [recipe.plan(name, ck.info(name).shape) for name in ck.names()]

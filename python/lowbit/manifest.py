@@ -6,6 +6,7 @@ package; the writer validates against it and ``lowbit inspect`` checks it.
 
 from __future__ import annotations
 
+import functools
 import json
 from importlib import resources
 from pathlib import Path
@@ -15,8 +16,9 @@ import jsonschema
 
 from lowbit.architectures import family_of
 from lowbit.errors import LowbitError
+from lowbit.model_config import head_dim
 from lowbit.paths import UnsafePathError, check_name
-from lowbit.schemes import BLOCK_BYTES
+from lowbit.schemes import BLOCK_BYTES, get_scheme
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -52,23 +54,69 @@ def schema(format_version: int | str = FORMAT_VERSION) -> dict[str, Any]:
 def validate(manifest: dict[str, Any], where: str = MANIFEST_FILE) -> None:
     """Raise ManifestError naming the first field that breaks the schema."""
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version not in SCHEMA_FILES:
+    if not isinstance(version, int | str) or version not in SCHEMA_FILES:
         known = ", ".join(repr(v) for v in SCHEMA_FILES)
         raise ManifestError(f"{where}: format_version {version!r} is not one of {known}")
-    try:
-        jsonschema.validate(manifest, schema(version))
-    except jsonschema.ValidationError as e:
-        path = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise ManifestError(f"{where}: {path}: {e.message}") from None
+    _check_schema(manifest, _validator(version), where)
+    if version == FORMAT_VERSION:
+        for i, w in enumerate(manifest["weights"]):
+            _check_weight(w, f"{where}: weights/{i} ({w['name']})")
+    if version == "2" and "lowbit" in manifest["model"]:
+        # The NPZ layout keeps lowbit's own model section beside the reference
+        # one; inspect reads it, so it is held to format 1's model schema.
+        _check_schema(manifest["model"]["lowbit"], _validator("model"), f"{where}: model/lowbit")
+
+
+def _check_weight(w: dict[str, Any], where: str) -> None:
+    """A weight entry's fields agree with its scheme: the tensors it names are
+    the ones the writer makes for that scheme, and the runtime reads exactly them."""
+    s = get_scheme(w["scheme"])
+    if w["bits"] != s.bits:
+        raise ManifestError(f"{where}: bits {w['bits']} but scheme {s.name} has {s.bits}")
+    name = w["name"]
+    if s.is_float:
+        expected = {"values": name}
+        if w["group_size"] is not None:
+            raise ManifestError(f"{where}: group_size: a {s.name} tensor has none")
+    else:
+        expected = {"values": f"{name}.codes", "scales": f"{name}.scales"}
+        if s.asymmetric:
+            expected["zeros"] = f"{name}.zeros"
+    stored = {k: v for k, v in w["stored"].items() if k != "file"}
+    if stored != expected:
+        raise ManifestError(f"{where}: stored: {s.name} is stored as {expected}, not {stored}")
+
+
+@functools.cache
+def _validator(version: int | str) -> Any:  # a jsonschema Validator
+    """The schema's validator, made once: checking the schema itself took most
+    of the time of every ``load`` (twice per model load)."""
+    doc = schema(1)["properties"]["model"] if version == "model" else schema(version)
+    cls = jsonschema.validators.validator_for(doc)
+    cls.check_schema(doc)
+    return cls(doc)
+
+
+def _check_schema(document: Any, validator: Any, where: str) -> None:
+    # best_match: the error jsonschema.validate would raise.
+    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    if error is not None:
+        path = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ManifestError(f"{where}: {path}: {error.message}")
+
+
+def _no_constant(name: str) -> None:
+    # Python's json reads NaN and Infinity, which no schema bound excludes.
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def load(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir) / MANIFEST_FILE
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(), parse_constant=_no_constant)
     except FileNotFoundError:
         raise ManifestError(f"{path}: missing; is {model_dir} a lowbit model directory?") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ManifestError(f"{path}: unreadable ({e})") from None
     validate(manifest, str(path))
     check_file_names(manifest, str(path))
@@ -99,7 +147,7 @@ def check_file_names(manifest: dict[str, Any], where: str = MANIFEST_FILE) -> No
 
 def _rope(config: dict[str, Any]) -> dict[str, Any]:
     params = config.get("rope_parameters") or {}
-    theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
+    theta = params.get("rope_theta") or config.get("rope_theta") or 10000.0
     scaling = config.get("rope_scaling")
     if scaling is None and params.get("rope_type", "default") != "default":
         scaling = params
@@ -120,7 +168,7 @@ def describe_model(config: dict[str, Any], name: str, tied: bool) -> dict[str, A
         "num_layers": int(config["num_hidden_layers"]),
         "num_heads": heads,
         "num_kv_heads": int(config.get("num_key_value_heads") or heads),
-        "head_dim": int(config.get("head_dim") or hidden // heads),
+        "head_dim": head_dim(config),
         "intermediate_size": int(
             config.get("intermediate_size") or config.get("moe_intermediate_size") or 1
         ),

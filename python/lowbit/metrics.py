@@ -22,8 +22,13 @@ class WeightError:
     cosine: float
     mse: float
 
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+    @property
+    def exact(self) -> bool:
+        """A reconstruction equal to the original (``snr_db`` is then infinite)."""
+        return self.max_abs == 0.0
+
+    def as_dict(self) -> dict[str, float | bool]:
+        return {**asdict(self), "exact": self.exact}
 
 
 # Elements compared per step: float64 copies of whole embedding matrices would

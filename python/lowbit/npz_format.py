@@ -15,7 +15,10 @@ uncompressed, so ``np.load(..., mmap_mode=...)``-style readers stay fast.
 from __future__ import annotations
 
 import contextlib
+import math
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +152,20 @@ def npz_member_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], int]]:
                         else np.lib.format.read_array_header_2_0
                     )
                     shape, _, dtype = header(f)
-                out[info.filename] = (tuple(shape), int(np.prod(shape)) * dtype.itemsize)
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
-        raise LowbitError(f"{path}: not a readable NPZ file ({e})") from None
+                out[info.filename] = (tuple(shape), math.prod(shape) * dtype.itemsize)
+    except (
+        # What zipfile and numpy's header reader raise on a damaged archive:
+        # a cut member (EOFError), an unknown compression (NotImplementedError),
+        # an encrypted one (RuntimeError), bad deflate data (zlib.error), ...
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        ValueError,
+        OSError,
+        EOFError,
+        NotImplementedError,
+        RuntimeError,
+        zlib.error,
+        struct.error,
+    ) as e:
+        raise LowbitError(f"{path}: not a readable NPZ file ({type(e).__name__}: {e})") from None
     return out

@@ -35,8 +35,8 @@ def rope_parameters(config: dict[str, Any], layer_type: str | None = None) -> di
     if isinstance(params, dict) and "rope_theta" in params:
         return dict(params)
     out: dict[str, Any] = dict(config.get("rope_scaling") or {})
-    theta = config.get("rope_theta", 10000.0)
-    if layer_type == "sliding_attention" and "rope_local_base_freq" in config:
+    theta = config.get("rope_theta") or 10000.0
+    if layer_type == "sliding_attention" and config.get("rope_local_base_freq") is not None:
         theta = config["rope_local_base_freq"]
         out = {}
     out["rope_theta"] = theta
@@ -53,8 +53,8 @@ def inv_freq(
         raise RopeError(
             f"{where}: rope type {rope_type!r} is not supported; supported: {', '.join(SUPPORTED)}"
         )
-    theta = float(params.get("rope_theta", 10000.0))
-    dim = int(params.get("partial_rotary_factor", 1.0) * head_dim)
+    theta = float(params.get("rope_theta") or 10000.0)
+    dim = int((params.get("partial_rotary_factor") or 1.0) * head_dim)
     if dim != head_dim:
         raise RopeError(f"{where}: partial rotary embeddings are not supported")
     # As transformers: exponents in float32, base ** exponent rounded to
@@ -75,8 +75,8 @@ def _llama3(freq: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     """Llama 3.1's frequency-dependent scaling: long wavelengths divided by
     ``factor``, short ones kept, a smooth blend between."""
     factor = float(params["factor"])
-    low = float(params.get("low_freq_factor", 1.0))
-    high = float(params.get("high_freq_factor", 4.0))
+    low = float(params.get("low_freq_factor") or 1.0)
+    high = float(params.get("high_freq_factor") or 4.0)
     old_context = float(params["original_max_position_embeddings"])
     low_wavelen = old_context / low
     high_wavelen = old_context / high

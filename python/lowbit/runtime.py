@@ -25,6 +25,7 @@ from lowbit.dtypes import cast
 from lowbit.errors import ArgumentError, ArgumentTypeError, LowbitError, check_int
 from lowbit.inspect_model import inspect_model, kv_cache_bytes
 from lowbit.manifest import load as load_manifest
+from lowbit.model_config import check_layers, read_config
 from lowbit.npz_format import NPZ_FORMAT_VERSION
 from lowbit.outdir import side_files
 from lowbit.quantize import QuantizedTensor
@@ -104,7 +105,9 @@ class Model:
         report = inspect_model(path, verify=verify)
         if not report.ok:
             raise ModelLoadError(f"{path}: " + "; ".join(report.problems))
-        self.config = _read_json(path / "config.json")
+        config_file = path / "config.json"
+        self.config = read_config(config_file)
+        check_layers(self.config, (w["name"] for w in self.manifest["weights"]), config_file)
         self.family = family_of(self.config).name
         model_ctx = int(self.manifest["model"]["context_length"])
         if context_length is None:
@@ -113,9 +116,16 @@ class Model:
             ctx = check_context(context_length)
         check_kv_cache_fits(self.manifest["model"], ctx, kv_cache)
         weights, vectors = self._read_weights()
-        self._core = _core.Model(
-            core_config(self.config), weights, vectors, ctx, kv_cache == "int8"
-        )
+        try:
+            self._core = _core.Model(
+                core_config(self.config), weights, vectors, ctx, kv_cache == "int8"
+            )
+        except LowbitError:
+            raise
+        except ValueError as e:
+            # The core checks the weights against the config (a tensor the
+            # layers need and the manifest does not list, a wrong size).
+            raise ModelLoadError(f"{path}: {e}") from None
         self.context_length = ctx
         self.kv_cache = kv_cache
         self.vocab_size = int(self.config["vocab_size"])
@@ -133,24 +143,40 @@ class Model:
         vectors: dict[str, np.ndarray] = {}
         plus_one = norm_plus_one(self.family)
         for w in self.manifest["weights"]:
-            name = w["name"]
-            canon = canonical_name(name, self.family)
+            canon = canonical_name(w["name"], self.family)
             if canon is None:
                 continue
-            stored = w["stored"]
-            shape = tuple(w["shape"])
-            if len(shape) == 1:
-                v = cast(ck.get(stored["values"]), np.float32, name)
-                if plus_one and canon.endswith("norm"):
-                    v = (np.float32(1.0) + v).astype(np.float32)
-                vectors[canon] = v
-                continue
-            qt = stored_tensor(ck, w)
-            if len(shape) == 3:
-                _split_experts(canon, qt, shape, weights)
-            else:
-                weights[canon] = qt.weight(name)
+            try:
+                self._read_weight(ck, w, canon, plus_one, weights, vectors)
+            except LowbitError:
+                raise
+            except ValueError as e:
+                # The core's checks of stored data (NaN or Inf in a vector,
+                # codes that do not fit the shape): bad input, from this file.
+                raise ModelLoadError(f"{self.path / w['stored']['file']}: {e}") from None
         return weights, vectors
+
+    @staticmethod
+    def _read_weight(
+        ck: Checkpoint,
+        w: dict[str, Any],
+        canon: str,
+        plus_one: bool,
+        weights: dict[str, _core.Weight],
+        vectors: dict[str, np.ndarray],
+    ) -> None:
+        name, shape = w["name"], tuple(w["shape"])
+        if len(shape) == 1:
+            v = cast(ck.get(w["stored"]["values"]), np.float32, name)
+            if plus_one and canon.endswith("norm"):
+                v = (np.float32(1.0) + v).astype(np.float32)
+            vectors[canon] = v
+            return
+        qt = stored_tensor(ck, w)
+        if len(shape) == 3:
+            _split_experts(canon, qt, shape, weights)
+        else:
+            weights[canon] = qt.weight(name)
 
     # ------------------------------------------------------------ running
 
@@ -364,14 +390,15 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _eos_ids(path: Path, config: dict[str, Any]) -> set[int]:
     """EOS tokens: generation_config.json's, else config.json's."""
     gen = path / "generation_config.json"
-    value = None
+    value, source = None, gen
     if gen.is_file():
         value = _read_json(gen).get("eos_token_id")
     if value is None:
-        value = config.get("eos_token_id")
+        value, source = config.get("eos_token_id"), path / "config.json"
     if value is None:
         return set()
-    return {int(v) for v in (value if isinstance(value, list) else [value])}
+    values = value if isinstance(value, list) else [value]
+    return {check_int(v, path=source, field="eos_token_id", hi=2**31) for v in values}
 
 
 def stored_tensor(ck: Checkpoint, w: dict[str, Any]) -> QuantizedTensor:

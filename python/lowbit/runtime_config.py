@@ -17,6 +17,7 @@ import numpy as np
 from lowbit import _core
 from lowbit.architectures import family_of
 from lowbit.errors import LowbitError
+from lowbit.model_config import head_dim as model_head_dim
 from lowbit.rope import inv_freq, rope_parameters
 
 # Families whose RMSNorm multiplies by (1 + w) and whose embeddings are scaled
@@ -71,14 +72,14 @@ def core_config(config: dict[str, Any]) -> _core.ModelConfig:
     family = family_of(config).name
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or hidden // heads)
+    head_dim = model_head_dim(config)
     c = _core.ModelConfig()
     c.hidden = hidden
     c.heads = heads
     c.kv_heads = int(config.get("num_key_value_heads") or heads)
     c.head_dim = head_dim
     c.vocab = int(config["vocab_size"])
-    c.rms_eps = float(config.get("rms_norm_eps", 1e-6))
+    c.rms_eps = float(config.get("rms_norm_eps") or 1e-6)
     c.activation = _activation(config, family)
     if family in GEMMA:
         # HF multiplies by the normaliser rounded to the hidden states' dtype.

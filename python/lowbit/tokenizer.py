@@ -3,12 +3,13 @@ package), its special tokens and its chat template."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,8 +36,50 @@ class TokenizerError(LowbitError):
 
 def _token_text(value: Any) -> str | None:
     if isinstance(value, dict):  # {"content": "<s>", ...} in older files
-        return value.get("content")
+        value = value.get("content")
     return value if isinstance(value, str) else None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
+        raise TokenizerError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise TokenizerError(f"{path}: expected a JSON object")
+    return config
+
+
+def _chat_template(value: Any, path: Path) -> str | None:
+    """The template text: a string, or the "default" of a list of named templates."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        named: dict[Any, str] = {}
+        for i, t in enumerate(value):
+            if not (isinstance(t, dict) and isinstance(t.get("template"), str)):
+                raise TokenizerError(
+                    f"{path}: chat_template[{i}]: expected {{'name': ..., 'template': '...'}}"
+                )
+            named.setdefault(t.get("name"), t["template"])
+        return named.get("default") or next(iter(named.values()), None)
+    raise TokenizerError(f"{path}: chat_template: expected a string or a list of named templates")
+
+
+@contextlib.contextmanager
+def _tokenizers_errors(path: Path, what: str) -> Iterator[None]:
+    """The ``tokenizers`` package's failures as a TokenizerError naming the file.
+
+    It raises a bare Exception on bad files, and a Rust panic (pyo3's
+    PanicException, a BaseException) when a file that loaded is inconsistent
+    (a merge naming a token the vocabulary lacks) as soon as it is used.
+    """
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as e:
+        raise TokenizerError(f"{path}: {what} ({type(e).__name__}: {e})") from None
 
 
 class Tokenizer:
@@ -45,26 +88,21 @@ class Tokenizer:
     def __init__(self, model_dir: Path) -> None:
         from tokenizers import Tokenizer as HfTokenizer
 
-        path = model_dir / TOKENIZER_FILE
-        try:
+        self.path = path = model_dir / TOKENIZER_FILE
+        with _tokenizers_errors(path, "not a readable tokenizer"):
             self._tok = HfTokenizer.from_file(str(path))
-        except Exception as e:  # tokenizers raises a bare Exception on bad files
-            raise TokenizerError(f"{path}: not a readable tokenizer ({e})") from None
         self._config: dict[str, Any] = {}
         cfg = model_dir / "tokenizer_config.json"
         if cfg.is_file():
-            try:
-                self._config = json.loads(cfg.read_text())
-            except ValueError as e:
-                raise TokenizerError(f"{cfg}: not JSON ({e})") from None
-        template = self._config.get("chat_template")
-        if isinstance(template, list):  # named templates: take "default"
-            named = {t.get("name"): t.get("template") for t in template}
-            template = named.get("default") or next(iter(named.values()), None)
+            self._config = _read_config(cfg)
+        template = _chat_template(self._config.get("chat_template"), cfg)
         self.chat_template_source = f"{cfg}: chat_template"
         jinja_file = model_dir / CHAT_TEMPLATE_FILE
         if jinja_file.is_file():
-            template = jinja_file.read_text()
+            try:
+                template = jinja_file.read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise TokenizerError(f"{jinja_file}: unreadable ({e})") from None
             self.chat_template_source = str(jinja_file)
         self.chat_template: str | None = template
         self.bos_token = _token_text(self._config.get("bos_token"))
@@ -75,13 +113,16 @@ class Tokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        with _tokenizers_errors(self.path, "cannot encode"):
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True)
+        with _tokenizers_errors(self.path, "cannot decode"):
+            return self._tok.decode(ids, skip_special_tokens=True)
 
     def token_id(self, text: str | None) -> int | None:
-        return None if text is None else self._tok.token_to_id(text)
+        with _tokenizers_errors(self.path, "cannot look up a token"):
+            return None if text is None else self._tok.token_to_id(text)
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
         """The prompt text for ``messages``, ending with the assistant's turn.

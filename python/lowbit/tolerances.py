@@ -82,7 +82,10 @@ def _apply(tol: Tolerances, data: dict[str, Any], where: str) -> None:
     if not isinstance(weights, dict):
         raise ToleranceError(f"{where}: [weights] must be a table")
     _unknown(set(weights), {"max_rel_error"}, f"{where} [weights]")
-    for bits, value in weights.get("max_rel_error", {}).items():
+    table = weights.get("max_rel_error", {})
+    if not isinstance(table, dict):
+        raise ToleranceError(f"{where}: [weights.max_rel_error] must be a table of bits = limit")
+    for bits, value in table.items():
         if bits not in {"1", "2", "4", "8", "16", "32"}:
             raise ToleranceError(
                 f"{where} [weights.max_rel_error]: key {bits!r} is not a bit width "

@@ -44,6 +44,7 @@ from lowbit.eval_text import (
     encode_files,
     make_windows,
 )
+from lowbit.model_config import check_layers, read_config
 from lowbit.outdir import check_target, copy_side_files, writing
 from lowbit.safetensors_writer import StreamingWriter, TensorSpec
 from lowbit.tokenizer import TOKENIZER_FILE, Tokenizer
@@ -172,6 +173,8 @@ def _check_args(
         raise UpcycleError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if router not in ROUTERS:
         raise UpcycleError(f"router must be one of {', '.join(ROUTERS)}, got {router!r}")
+    if config.get("intermediate_size") is None:  # optional for lowbit, needed here
+        raise UpcycleError("config.json: intermediate_size: missing; a dense FFN needs its size")
     inter = int(config["intermediate_size"])
     if experts < 1:
         raise UpcycleError(f"experts must be at least 1, got {experts}")
@@ -364,10 +367,7 @@ def upcycle(
     """
     t0 = time.perf_counter()
     src, out = Path(src), Path(out)
-    try:
-        config = json.loads((src / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise UpcycleError(f"{src}: no readable config.json ({e})") from None
+    config = read_config(src / "config.json")
     _family, target, inter = _check_args(
         config, mode, experts, top_k, noise, noise_relative, router, shared_expert
     )
@@ -375,6 +375,7 @@ def upcycle(
     n_layers = int(config["num_hidden_layers"])
     hidden = int(config["hidden_size"])
     ck = Checkpoint(src)
+    check_layers(config, ck.names(), src / "config.json")
     files = None
     if calibration_text is not None:
         paths = calibration_text if isinstance(calibration_text, list) else [calibration_text]

@@ -16,7 +16,6 @@ Two levels, against the float checkpoint the model was converted from:
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from lowbit import jsonout
 from lowbit.checkpoint import Checkpoint, CheckpointError, refuse_custom_code
 from lowbit.default_model import cache_dir
 from lowbit.errors import LowbitError
@@ -140,6 +140,8 @@ def weight_metrics(
                 "rel_error": err.rel_error,
                 "max_abs": err.max_abs,
                 "snr_db": err.snr_db,
+                # snr_db is infinite (null in JSON) when the copy is exact.
+                "exact": err.max_abs == 0.0,
                 "cosine": err.cosine,
             }
         )
@@ -327,7 +329,7 @@ def format_report(report: ValidationReport) -> str:
 def write_report(report: ValidationReport, path: Path) -> None:
     tmp = path.with_name(path.name + ".partial")
     try:
-        tmp.write_text(json.dumps(report.as_dict(), indent=2))
+        tmp.write_text(jsonout.dumps(report.as_dict()))
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
