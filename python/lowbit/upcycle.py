@@ -246,7 +246,7 @@ def _load_dense(src: Path):  # noqa: ANN202 (a transformers model)
 
     refuse_custom_code(src)
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        src, dtype=torch.float32, trust_remote_code=False
+        src, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
     )
     return model.eval()
 
@@ -709,7 +709,11 @@ def load_moe(path: str | Path):  # noqa: ANN201 (a transformers model, loading i
 
     refuse_custom_code(path)
     model, info = transformers.AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, output_loading_info=True, trust_remote_code=False
+        path,
+        dtype=torch.float32,
+        output_loading_info=True,
+        trust_remote_code=False,
+        use_safetensors=True,
     )
     bad = {
         k: v

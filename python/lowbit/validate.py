@@ -195,7 +195,7 @@ def baseline_logits(baseline: Path, windows: EvalWindows, cache: Path) -> np.nda
 
     refuse_custom_code(baseline)
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        baseline, dtype=torch.float32, trust_remote_code=False
+        baseline, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
     )
     model.eval()
     cache.mkdir(parents=True, exist_ok=True)
