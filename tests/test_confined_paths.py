@@ -167,6 +167,31 @@ def test_an_index_naming_an_unlisted_shard_fails_verify(model, tiny_checkpoint, 
         lowbit.load(model, verify=True)
 
 
+@pytest.mark.parametrize("fmt", ["lowbit", "npz"])
+def test_verify_covers_the_config_and_tokenizer_files(tiny_checkpoint, tmp_path, fmt):
+    """The runtime reads config.json and the tokenizer files too: --verify
+    hashes each one the manifest lists and refuses one it does not list."""
+    src = tiny_checkpoint("llama")
+    (src / "tokenizer_config.json").write_text('{"eos_token": "</s>"}')
+    model = tmp_path / "model"
+    lowbit.convert(src, model, preset="q8", progress=False, fmt=fmt)
+    assert inspect_model(model, verify=True).problems == []
+    original = (model / "config.json").read_text()
+    # Same size, other contents: only the hash can tell.
+    (model / "config.json").write_text(original.replace('"silu"', '"gelu"'))
+    assert len((model / "config.json").read_text()) == len(original)
+    assert any(p.startswith("config.json: differs") for p in inspect_model(model, True).problems)
+    if fmt == "lowbit":  # the runtime runs only the lowbit layout
+        with pytest.raises(LowbitError, match=r"config\.json"):
+            lowbit.load(model, verify=True)
+    (model / "config.json").write_text(original)
+    (model / "chat_template.jinja").write_text("{{ messages }}")
+    problems = inspect_model(model, verify=True).problems
+    assert any(p.startswith("chat_template.jinja: not listed") for p in problems), problems
+    # Without --verify a user may still edit these files on purpose.
+    assert inspect_model(model).problems == []
+
+
 def test_the_runtime_does_not_read_the_index(sharded, model):
     ids = prompt_ids(n=6)
     want = lowbit.load(sharded).forward(ids)

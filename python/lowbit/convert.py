@@ -327,7 +327,12 @@ def _write(
             weights, files = _write_weights(ck, job.plans, partial, max_shard_bytes, progress)
         hashes = source_hashes.result()
     src_dir = src if src.is_dir() else src.parent
-    copy_side_files(src_dir, partial)
+    # Hashed like the weights: the runtime reads config.json and the tokenizer
+    # files, so --verify must cover them too.
+    side_files = [
+        {"name": f.name, "size": f.stat().st_size, "sha256": file_digest(f)}
+        for f in copy_side_files(src_dir, partial)
+    ]
     manifest = {
         "format_version": FORMAT_VERSION,
         "lowbit_version": __version__,
@@ -337,6 +342,7 @@ def _write(
         "packing": PACKING,
         "weights": weights,
         "files": files,
+        "side_files": side_files,
         "source": {
             "path": str((source or src).resolve()),
             "repo_id": repo_id,
@@ -394,6 +400,7 @@ def _npz_manifest(manifest: dict[str, Any], npz: dict[str, Any]) -> dict[str, An
             "file": npz["name"],
             "size": npz["size"],
             "sha256": npz["sha256"],
+            "side_files": manifest["side_files"],
             "reconstruction": RECONSTRUCTION,
             "source": manifest["source"],
             "recipe": manifest["recipe"],

@@ -17,8 +17,9 @@ from typing import Any
 from lowbit.checkpoint import INDEX_FILE, CheckpointError, read_header
 from lowbit.convert import stored_specs
 from lowbit.hashing import file_digest
-from lowbit.manifest import load
+from lowbit.manifest import load, side_file_entries
 from lowbit.npz_format import NPZ_FORMAT_VERSION, npz_member_shapes
+from lowbit.outdir import SIDE_FILES
 from lowbit.paths import UnsafePathError, confined
 from lowbit.safetensors_writer import ST_DTYPES
 
@@ -92,6 +93,8 @@ def inspect_model(
         return _inspect_npz(path, manifest, report, verify, context)
     report.model = manifest["model"]
     problems = report.problems
+    if verify:
+        problems += _side_file_problems(path, manifest)
     headers: dict[str, dict] = {}
     for i, f in enumerate(manifest["files"]):
         try:
@@ -173,6 +176,37 @@ def _index_problems(path: Path, listed: set[str]) -> list[str]:
     ]
 
 
+def _side_file_problems(path: Path, manifest: dict[str, Any]) -> list[str]:
+    """--verify of the config and tokenizer files the runtime reads: each one
+    the manifest lists has its size and SHA-256, and none is there unlisted.
+
+    Only under --verify: these are small text files that a user may edit on
+    purpose (a generation config, a chat template), which plain inspect allows.
+    A directory written before lowbit recorded them has nothing to check.
+    """
+    problems = []
+    for key, entries in side_file_entries(manifest):
+        listed = set()
+        for i, f in enumerate(entries):
+            listed.add(f["name"])
+            try:
+                fp = confined(path, f["name"], f"manifest.json: {key}/{i}/name")
+            except UnsafePathError as e:
+                problems.append(str(e))
+                continue
+            if not fp.is_file():
+                problems.append(f"{f['name']}: missing")
+            elif fp.stat().st_size != f["size"] or file_digest(fp) != f["sha256"]:
+                problems.append(f"{f['name']}: differs from the manifest's size or SHA-256")
+        for name in SIDE_FILES:
+            if name not in listed and ((path / name).is_file() or (path / name).is_symlink()):
+                problems.append(
+                    f"{name}: not listed in the manifest, so --verify cannot vouch for it "
+                    "(the runtime would read it)"
+                )
+    return problems
+
+
 def _inspect_npz(
     path: Path,
     manifest: dict[str, Any],
@@ -184,6 +218,8 @@ def _inspect_npz(
     meta = manifest["metadata"]
     report.model = manifest["model"].get("lowbit", {})
     problems = report.problems
+    if verify:
+        problems += _side_file_problems(path, manifest)
     try:
         npz = confined(path, meta["file"], "manifest.json: metadata/file")
     except UnsafePathError as e:

@@ -138,6 +138,8 @@ def check_file_names(manifest: dict[str, Any], where: str = MANIFEST_FILE) -> No
     ]
     if isinstance(manifest.get("metadata"), dict):
         names.append(("metadata/file", manifest["metadata"].get("file")))
+    for key, entries in side_file_entries(manifest):
+        names += [(f"{key}/{i}/name", f.get("name")) for i, f in enumerate(entries)]
     try:
         for field, name in names:
             check_name(name, f"{where}: {field}")
@@ -179,3 +181,14 @@ def describe_model(config: dict[str, Any], name: str, tied: bool) -> dict[str, A
         "num_experts": int(config.get("num_local_experts") or config.get("num_experts") or 0),
         "experts_per_token": int(config.get("num_experts_per_tok") or 0),
     }
+
+
+def side_file_entries(manifest: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """[(field path, entries)] of the side files the manifest hashes: none for a
+    directory written before lowbit recorded them."""
+    if isinstance(manifest.get("side_files"), list):
+        return [("side_files", manifest["side_files"])]
+    meta = manifest.get("metadata")
+    if isinstance(meta, dict) and isinstance(meta.get("side_files"), list):
+        return [("metadata/side_files", meta["side_files"])]
+    return []

@@ -59,11 +59,15 @@ def side_files(src: Path, skip: tuple[str, ...] = ()) -> list[Path]:
     return found
 
 
-def copy_side_files(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
-    """Config, generation config and tokenizer files of ``src`` into ``dst``."""
+def copy_side_files(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Config, generation config and tokenizer files of ``src`` into ``dst``:
+    the copies, in SIDE_FILES order."""
+    copied = []
     for path in side_files(src, skip):
         if path.is_file():  # a dangling link inside src: nothing to copy
             shutil.copy2(path, dst / path.name)
+            copied.append(dst / path.name)
+    return copied
 
 
 class OutputError(LowbitError):
