@@ -180,7 +180,8 @@ def test_verify_covers_the_config_and_tokenizer_files(tiny_checkpoint, tmp_path,
     # Same size, other contents: only the hash can tell.
     (model / "config.json").write_text(original.replace('"silu"', '"gelu"'))
     assert len((model / "config.json").read_text()) == len(original)
-    assert any(p.startswith("config.json: differs") for p in inspect_model(model, True).problems)
+    problems = inspect_model(model, verify=True).problems
+    assert any(p.startswith("config.json: SHA-256 differs") for p in problems), problems
     if fmt == "lowbit":  # the runtime runs only the lowbit layout
         with pytest.raises(LowbitError, match=r"config\.json"):
             lowbit.load(model, verify=True)

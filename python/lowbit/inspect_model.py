@@ -97,20 +97,9 @@ def inspect_model(
         problems += _side_file_problems(path, manifest)
     headers: dict[str, dict] = {}
     for i, f in enumerate(manifest["files"]):
-        try:
-            fp = confined(path, f["name"], f"manifest.json: files/{i}/name")
-        except UnsafePathError as e:
-            problems.append(str(e))
-            continue
-        if not fp.is_file():
-            problems.append(f"{f['name']}: missing")
-            continue
-        size = fp.stat().st_size
-        if size != f["size"]:
-            problems.append(f"{f['name']}: {size} bytes, manifest says {f['size']}")
-            continue
-        if verify and file_digest(fp) != f["sha256"]:
-            problems.append(f"{f['name']}: SHA-256 differs from the manifest's")
+        fp, problem = _check_listed(path, f, f"files/{i}/name", verify)
+        if fp is None:
+            problems.append(problem)
             continue
         try:
             headers[f["name"]] = read_header(fp)
@@ -176,6 +165,25 @@ def _index_problems(path: Path, listed: set[str]) -> list[str]:
     ]
 
 
+def _check_listed(
+    path: Path, entry: dict[str, Any], field: str, verify: bool
+) -> tuple[Path, None] | tuple[None, str]:
+    """A file the manifest lists: (its path, None) if it is there as recorded
+    (size, and SHA-256 with ``verify``), else (None, the problem)."""
+    try:
+        fp = confined(path, entry["name"], f"manifest.json: {field}")
+    except UnsafePathError as e:
+        return None, str(e)
+    if not fp.is_file():
+        return None, f"{entry['name']}: missing"
+    size = fp.stat().st_size
+    if size != entry["size"]:
+        return None, f"{entry['name']}: {size} bytes, manifest says {entry['size']}"
+    if verify and file_digest(fp) != entry["sha256"]:
+        return None, f"{entry['name']}: SHA-256 differs from the manifest's"
+    return fp, None
+
+
 def _side_file_problems(path: Path, manifest: dict[str, Any]) -> list[str]:
     """--verify of the config and tokenizer files the runtime reads: each one
     the manifest lists has its size and SHA-256, and none is there unlisted.
@@ -189,15 +197,9 @@ def _side_file_problems(path: Path, manifest: dict[str, Any]) -> list[str]:
         listed = set()
         for i, f in enumerate(entries):
             listed.add(f["name"])
-            try:
-                fp = confined(path, f["name"], f"manifest.json: {key}/{i}/name")
-            except UnsafePathError as e:
-                problems.append(str(e))
-                continue
-            if not fp.is_file():
-                problems.append(f"{f['name']}: missing")
-            elif fp.stat().st_size != f["size"] or file_digest(fp) != f["sha256"]:
-                problems.append(f"{f['name']}: differs from the manifest's size or SHA-256")
+            fp, problem = _check_listed(path, f, f"{key}/{i}/name", verify=True)
+            if fp is None:
+                problems.append(problem)
         for name in SIDE_FILES:
             if name not in listed and ((path / name).is_file() or (path / name).is_symlink()):
                 problems.append(
