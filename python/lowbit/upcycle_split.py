@@ -236,6 +236,7 @@ def float64_pass(model: Any) -> Iterator[None]:
     """
     import torch
 
+    from lowbit.model_config import head_dim
     from lowbit.rope import inv_freq, rope_parameters
 
     patched: list[Any] = []
@@ -247,8 +248,7 @@ def float64_pass(model: Any) -> Iterator[None]:
                 module.forward = _rms_norm_float64(module)
                 patched.append(module)
         config = model.config.to_dict()
-        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-        freq, scaling = inv_freq(rope_parameters(config), head_dim)
+        freq, scaling = inv_freq(rope_parameters(config), head_dim(config))
         rotary = model.model.rotary_emb
         rotary.forward = _rotary_float64(torch.from_numpy(freq.astype(np.float64)), scaling)
         patched.append(rotary)
