@@ -80,7 +80,7 @@ PEAK_RSS = "int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) 
 LOWBIT_CHILD = r"""
 import json, sys
 from lowbit import _core
-from lowbit.bench import run_bench
+from lowbit.runtime.bench import run_bench
 out, prompt_len, gen, reps, threads = sys.argv[1], *map(int, sys.argv[2:6])
 _core.set_num_threads(min(threads, _core.max_threads()))
 r = run_bench(out, prompt_len, gen, reps).as_dict()
@@ -127,7 +127,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import lowbit
-    from lowbit.default_model import default_model_path
+    from lowbit.sources.default_model import default_model_path
 
     src = default_model_path()
     bandwidth = read_bandwidth_gbps(args.threads)

@@ -25,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lowbit
 from common import median_seconds, memcpy_gbps, write_json
-from lowbit import _core, reference
-from lowbit.schemes import SCHEMES
-from lowbit.synthetic import heavy_tailed_matrix
+from lowbit import _core
+from lowbit.quant import reference
+from lowbit.quant.schemes import SCHEMES
+from lowbit.quant.synthetic import heavy_tailed_matrix
 
 # (scheme, method): every integer scheme with rtn, plus the search methods.
 CASES = [(s.name, "rtn") for s in SCHEMES.values() if not s.is_float] + [

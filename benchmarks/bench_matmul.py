@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lowbit
 from common import median_seconds, write_json
 from lowbit import _core
-from lowbit.synthetic import heavy_tailed_matrix
+from lowbit.quant.synthetic import heavy_tailed_matrix
 
 # SmolLM2-135M's projections and vocabulary, and a 7B-class square matrix.
 SHAPES = [(576, 576), (1536, 576), (576, 1536), (49152, 576), (4096, 4096)]

@@ -35,10 +35,10 @@ EXPERTS, TOP_K = 8, 4
 def main() -> None:
     import numpy as np
     import torch
-    from lowbit.default_model import default_model_path
-    from lowbit.eval_text import DEFAULT_CONTEXT, DEFAULT_TOKENS
-    from lowbit.upcycle import _encode_text, _load_dense, _windows_from_text
-    from lowbit.upcycle_split import split_layer, topk_mask
+    from lowbit.eval.text import DEFAULT_CONTEXT, DEFAULT_TOKENS
+    from lowbit.moe.split import split_layer, topk_mask
+    from lowbit.moe.upcycle import _encode_text, _load_dense, _windows_from_text
+    from lowbit.sources.default_model import default_model_path
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calibration-tokens", type=int, default=4096)

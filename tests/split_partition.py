@@ -20,15 +20,15 @@ def main() -> None:
     target, threads, tokens, n_layers = sys.argv[1], *map(int, sys.argv[2:5])
     import torch
     from lowbit import _core
-    from lowbit.default_model import default_model_path
-    from lowbit.upcycle import (
+    from lowbit.moe.split import split_model
+    from lowbit.moe.upcycle import (
         DEFAULT_CONTEXT,
         DEFAULT_TOKENS,
         _encode_text,
         _load_dense,
         _windows_from_text,
     )
-    from lowbit.upcycle_split import split_model
+    from lowbit.sources.default_model import default_model_path
 
     _core.force_target(target)
     _core.set_num_threads(threads)

@@ -7,8 +7,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 from lowbit import _core
-from lowbit.quantize import core_params
-from lowbit.schemes import SCHEMES
+from lowbit.quant.quantize import core_params
+from lowbit.quant.schemes import SCHEMES
 
 
 def test_non_2d_arrays():

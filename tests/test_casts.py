@@ -6,7 +6,7 @@ import lowbit
 import ml_dtypes
 import numpy as np
 import pytest
-from lowbit.dtypes import cast
+from lowbit.quant.dtypes import cast
 
 
 def _edge_values(rng: np.random.Generator) -> np.ndarray:

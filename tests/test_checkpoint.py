@@ -8,7 +8,7 @@ import struct
 import ml_dtypes
 import numpy as np
 import pytest
-from lowbit.checkpoint import Checkpoint, CheckpointError, read_header
+from lowbit.formats.safetensors import Checkpoint, CheckpointError, read_header
 from safetensors.numpy import save_file
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import lowbit
 import numpy as np
 import pytest
-from lowbit.checkpoint import INDEX_FILE, Checkpoint, CheckpointError
-from lowbit.cli import main
-from lowbit.errors import LowbitError
-from lowbit.inspect_model import inspect_model
-from lowbit.manifest import ManifestError
-from lowbit.paths import UnsafePathError, confined
+from lowbit.cli.main import main
+from lowbit.formats.inspect_model import inspect_model
+from lowbit.formats.manifest import ManifestError
+from lowbit.formats.safetensors import INDEX_FILE, Checkpoint, CheckpointError
+from lowbit.util.errors import LowbitError
+from lowbit.util.paths import UnsafePathError, confined
 from runtime_helpers import prompt_ids
 
 pytest.importorskip("transformers")

@@ -8,18 +8,18 @@ import shutil
 
 import numpy as np
 import pytest
-from lowbit import reference
-from lowbit.checkpoint import Checkpoint
-from lowbit.cli import main
-from lowbit.convert import convert
-from lowbit.dtypes import FLOAT_SCHEME_DTYPES
-from lowbit.manifest import load
-from lowbit.recipes import PRESETS
-from lowbit.schemes import get_scheme
+from lowbit.cli.main import main
+from lowbit.conversion.convert import convert
+from lowbit.formats.manifest import load
+from lowbit.formats.safetensors import Checkpoint
+from lowbit.quant import reference
+from lowbit.quant.dtypes import FLOAT_SCHEME_DTYPES
+from lowbit.quant.recipes import PRESETS
+from lowbit.quant.schemes import get_scheme
 from tiny_models import FAMILIES
 
 # The module, not the function that `lowbit.convert` names.
-convert_module = importlib.import_module("lowbit.convert")
+convert_module = importlib.import_module("lowbit.conversion.convert")
 
 
 def _sse(x: np.ndarray, y: np.ndarray) -> float:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import lowbit
 import pytest
-from lowbit.checkpoint import CustomCodeError
-from lowbit.cli import main
-from lowbit.tokenizer import Tokenizer, TokenizerError
+from lowbit.cli.main import main
+from lowbit.formats.safetensors import CustomCodeError
+from lowbit.models.tokenizer import Tokenizer, TokenizerError
 from tiny_tokenizer import write_tiny_tokenizer
 
 pytest.importorskip("transformers")
@@ -89,8 +89,8 @@ def test_validate_refuses_an_auto_map_baseline(
 def test_transformers_is_never_allowed_to_run_it(evil_src, tmp_path, monkeypatch, say_yes):
     """Behind the auto_map check, trust_remote_code=False: with the check
     switched off and the user answering "y", the module still does not run."""
-    from lowbit import validate
-    from lowbit.eval_text import EvalWindows
+    from lowbit.eval import validate
+    from lowbit.eval.text import EvalWindows
 
     monkeypatch.setattr(validate, "refuse_custom_code", lambda d: None)
     windows = EvalWindows(__import__("numpy").zeros((1, 4), "int64"), 4, "t")

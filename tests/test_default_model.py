@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from lowbit.checkpoint import Checkpoint
-from lowbit.default_model import IMPORT_RECORD, default_model_path
+from lowbit.formats.safetensors import Checkpoint
+from lowbit.sources.default_model import IMPORT_RECORD, default_model_path
 
 
 def test_default_model_is_a_float32_llama_checkpoint():

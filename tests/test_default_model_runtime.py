@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lowbit
 import pytest
-from lowbit.default_model import default_model_path
+from lowbit.sources.default_model import default_model_path
 
 pytest.importorskip("transformers")
 

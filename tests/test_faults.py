@@ -1,7 +1,7 @@
 """Faults while writing an output: concurrent runs, kills, a full disk, Ctrl-C,
 outputs that are files or links, a check that fails before commit.
 
-Every output goes through ``lowbit.outdir.writing``; these tests drive it
+Every output goes through ``lowbit.util.outdir.writing``; these tests drive it
 through ``lowbit convert`` and ``upcycle`` as a user would meet the fault.
 """
 
@@ -20,24 +20,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lowbit import npz_format
-from lowbit.cli import main
-from lowbit.manifest import load
-from lowbit.outdir import OutputError, locked, writing
-from lowbit.upcycle import UpcycleError, upcycle
+from lowbit.cli.main import main
+from lowbit.formats import npz as npz_format
+from lowbit.formats.manifest import load
+from lowbit.moe.upcycle import UpcycleError, upcycle
+from lowbit.util.outdir import OutputError, locked, writing
 
 # The modules (``lowbit.convert`` the attribute is the function).
-convert_module = importlib.import_module("lowbit.convert")
-upcycle_module = importlib.import_module("lowbit.upcycle")
+convert_module = importlib.import_module("lowbit.conversion.convert")
+upcycle_module = importlib.import_module("lowbit.moe.upcycle")
 
 # A child running the CLI whose conversion pauses at its first tensor: it
 # touches READY, then waits for GO (or for a signal).
 PAUSED_CHILD = """
 import importlib, sys, time
 from pathlib import Path
-from lowbit.cli import main
+from lowbit.cli.main import main
 
-convert_module = importlib.import_module("lowbit.convert")
+convert_module = importlib.import_module("lowbit.conversion.convert")
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
 real = convert_module._encode
 
@@ -56,7 +56,7 @@ sys.exit(main(sys.argv[3:]))
 KILLED_AT_COMMIT_CHILD = """
 import os, sys
 from pathlib import Path
-from lowbit.cli import main
+from lowbit.cli.main import main
 
 real = Path.rename
 
@@ -373,9 +373,9 @@ def test_a_waiting_lock_is_taken_when_the_holder_ends(tmp_path):
 PAUSED_UPCYCLE_CHILD = """
 import importlib, sys, time
 from pathlib import Path
-from lowbit.cli import main
+from lowbit.cli.main import main
 
-upcycle_module = importlib.import_module("lowbit.upcycle")
+upcycle_module = importlib.import_module("lowbit.moe.upcycle")
 ready = Path(sys.argv[1])
 real = upcycle_module._copy_router
 

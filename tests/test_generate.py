@@ -9,9 +9,9 @@ from pathlib import Path
 
 import lowbit
 import pytest
-from lowbit.cli import main
-from lowbit.runtime import ModelLoadError
-from lowbit.tokenizer import TokenizerError
+from lowbit.cli.main import main
+from lowbit.models.tokenizer import TokenizerError
+from lowbit.runtime.model import ModelLoadError
 from runtime_helpers import prompt_ids
 from tiny_tokenizer import write_tiny_tokenizer
 

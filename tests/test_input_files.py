@@ -12,14 +12,14 @@ from pathlib import Path
 
 import lowbit
 import pytest
-from lowbit.checkpoint import Checkpoint, CheckpointError
-from lowbit.gguf_input import GGUFError, read_gguf
-from lowbit.manifest import ManifestError
-from lowbit.manifest import load as load_manifest
-from lowbit.model_config import INT_FIELDS, REQUIRED, ConfigError, check_config, read_config
-from lowbit.runtime_config import core_config
-from lowbit.tokenizer import Tokenizer, TokenizerError
-from lowbit.tolerances import ToleranceError, load_tolerances
+from lowbit.eval.tolerances import ToleranceError, load_tolerances
+from lowbit.formats.gguf import GGUFError, read_gguf
+from lowbit.formats.manifest import ManifestError
+from lowbit.formats.manifest import load as load_manifest
+from lowbit.formats.safetensors import Checkpoint, CheckpointError
+from lowbit.models.config import INT_FIELDS, REQUIRED, ConfigError, check_config, read_config
+from lowbit.models.tokenizer import Tokenizer, TokenizerError
+from lowbit.runtime.config import core_config
 from tiny_gguf import write_tiny_gguf
 from tiny_tokenizer import write_tiny_tokenizer
 
@@ -370,7 +370,7 @@ def npz_dir(src, tmp_path_factory) -> Path:
 
 
 def _inspect_npz_bytes(npz_dir: Path, tmp_path: Path, data: bytes) -> list[str]:
-    from lowbit.inspect_model import inspect_model
+    from lowbit.formats.inspect_model import inspect_model
 
     out = tmp_path / "n"
     shutil.rmtree(out, ignore_errors=True)
@@ -403,7 +403,7 @@ def test_a_damaged_npz_archive_is_a_reported_problem(npz_dir, tmp_path):
 def test_the_cli_reports_a_bad_config_in_one_line_with_exit_2(
     src, tmp_path, capsys, changes, field
 ):
-    from lowbit.cli import main
+    from lowbit.cli.main import main
 
     ck = _with_config(src, tmp_path, **changes)
     assert main(["convert", str(ck), str(tmp_path / "out"), "--quiet"]) == 2
@@ -414,7 +414,7 @@ def test_the_cli_reports_a_bad_config_in_one_line_with_exit_2(
 
 
 def test_upcycle_needs_the_intermediate_size(src, tmp_path):
-    from lowbit.upcycle import UpcycleError, upcycle
+    from lowbit.moe.upcycle import UpcycleError, upcycle
 
     ck = _with_config(src, tmp_path, intermediate_size=_DELETE)
     with pytest.raises(UpcycleError, match=r"config\.json: intermediate_size: missing"):
@@ -422,9 +422,9 @@ def test_upcycle_needs_the_intermediate_size(src, tmp_path):
 
 
 def test_nan_in_a_stored_vector_is_a_load_error_naming_the_file(converted, tmp_path):
-    from lowbit.checkpoint import read_header
-    from lowbit.hashing import file_digest
-    from lowbit.runtime import ModelLoadError
+    from lowbit.formats.safetensors import read_header
+    from lowbit.runtime.model import ModelLoadError
+    from lowbit.util.hashing import file_digest
 
     model = tmp_path / "m"
     shutil.copytree(converted, model)

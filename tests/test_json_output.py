@@ -12,8 +12,8 @@ from pathlib import Path
 import lowbit
 import numpy as np
 import pytest
-from lowbit import jsonout
-from lowbit.cli import main
+from lowbit.cli.main import main
+from lowbit.util import jsonout
 from tiny_tokenizer import TEXT, write_tiny_tokenizer
 
 
@@ -72,7 +72,7 @@ def test_schemes_generate_bench_json(setup, capsys):
 
 
 def test_validate_json_of_an_exact_copy_has_null_snr_and_exact(setup, tmp_path, capsys):
-    from lowbit.validate import ValidationReport, write_report
+    from lowbit.eval.validate import ValidationReport, write_report
 
     src, model, text = setup
     args = ["validate", str(model), "--baseline", str(src), "--text", str(text),
@@ -102,5 +102,5 @@ def test_upcycle_json(tiny_checkpoint, tmp_path, capsys):
 def test_every_json_path_uses_the_strict_helper():
     """No --json output is written with json.dumps directly (it allows NaN)."""
     root = Path(lowbit.__file__).parent
-    for name in ("cli.py", "validate.py", "demo.py", "bench.py"):
+    for name in ("cli/main.py", "eval/validate.py", "cli/demo.py", "runtime/bench.py"):
         assert "json.dumps(" not in (root / name).read_text().replace("jsonout.dumps(", ""), name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lowbit
 import numpy as np
 import pytest
-from lowbit.schemes import SCHEMES
+from lowbit.quant.schemes import SCHEMES
 
 SHAPES = [(1, 5, None), (7, 33, None), (13, 96, 32), (64, 257, None), (40, 384, 128)]
 

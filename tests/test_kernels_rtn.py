@@ -6,8 +6,8 @@ import lowbit
 import ml_dtypes
 import numpy as np
 import pytest
-from lowbit import reference
-from lowbit.schemes import SCHEMES
+from lowbit.quant import reference
+from lowbit.quant.schemes import SCHEMES
 
 INT_SCHEMES = [s for s in SCHEMES.values() if not s.is_float]
 DTYPES = [np.float32, np.float16, ml_dtypes.bfloat16]

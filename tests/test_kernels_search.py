@@ -5,9 +5,9 @@ from __future__ import annotations
 import lowbit
 import numpy as np
 import pytest
-from lowbit import reference
-from lowbit.schemes import SCHEMES
-from lowbit.synthetic import heavy_tailed_matrix
+from lowbit.quant import reference
+from lowbit.quant.schemes import SCHEMES
+from lowbit.quant.synthetic import heavy_tailed_matrix
 
 CASES = [
     (scheme, gs, method)

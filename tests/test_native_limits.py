@@ -23,8 +23,9 @@ from pathlib import Path
 import lowbit
 import numpy as np
 import pytest
-from lowbit import _core, runtime
-from lowbit.errors import ArgumentError
+from lowbit import _core
+from lowbit.runtime import model as runtime
+from lowbit.util.errors import ArgumentError
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = (0, -1, 2**31 - 1, 2**32, 2**62, 2**63 - 1)
@@ -568,7 +569,7 @@ def test_load_context_2_59_then_forward_is_a_clean_error(model_dir):
     """The reproducer: this was a SIGSEGV in the forward pass."""
     proc = _child(
         "import lowbit\n"
-        "from lowbit.errors import ArgumentError\n"
+        "from lowbit.util.errors import ArgumentError\n"
         "try:\n"
         f"    lowbit.load({str(model_dir)!r}, context_length=2**59).forward([1, 2])\n"
         "except ArgumentError as e:\n"
@@ -582,7 +583,7 @@ def test_load_context_2_59_then_forward_is_a_clean_error(model_dir):
 def test_cli_generate_with_a_huge_context_exits_2(model_dir):
     """The reproducer: this was an abort in free()."""
     proc = _child(
-        "import sys\nfrom lowbit.cli import main\n"
+        "import sys\nfrom lowbit.cli.main import main\n"
         f"sys.exit(main(['generate', {str(model_dir)!r}, '--prompt-ids', '1,2', '-n', '2', "
         "'--context', '576460752303423488']))"
     )
@@ -593,7 +594,7 @@ def test_cli_generate_with_a_huge_context_exits_2(model_dir):
 
 @pytest.mark.parametrize("command", ["generate", "inspect"])
 def test_cli_context_flags_have_an_upper_bound(model_dir, command, capsys):
-    from lowbit.cli import main
+    from lowbit.cli.main import main
 
     args = [command, str(model_dir), "--context", str(2**24 + 1)]
     if command == "generate":
@@ -611,7 +612,7 @@ def test_load_at_a_sane_context_still_runs(model_dir):
 
 
 def test_bench_lengths_have_an_upper_bound(model_dir):
-    from lowbit.bench import run_bench
+    from lowbit.runtime.bench import run_bench
 
     with pytest.raises(ArgumentError, match="prompt_tokens"):
         run_bench(model_dir, prompt_tokens=2**62, gen_tokens=1, repetitions=1)

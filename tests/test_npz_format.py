@@ -7,11 +7,11 @@ import zipfile
 
 import numpy as np
 import pytest
-from lowbit.checkpoint import Checkpoint
-from lowbit.cli import main
-from lowbit.convert import convert
-from lowbit.manifest import ManifestError, load
-from lowbit.recipes import PRESETS
+from lowbit.cli.main import main
+from lowbit.conversion.convert import convert
+from lowbit.formats.manifest import ManifestError, load
+from lowbit.formats.safetensors import Checkpoint
+from lowbit.quant.recipes import PRESETS
 from test_convert import _reconstruct
 
 PRESETS_TESTED = ["q4", "q8", "bits1", "bits2", "ternary", "f16"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import lowbit
 import pytest
-from lowbit.default_model import default_model_path
-from lowbit.schemes import SCHEMES
+from lowbit.quant.schemes import SCHEMES
+from lowbit.sources.default_model import default_model_path
 from lowbit.testing import assert_within_tolerance
 
 pytest.importorskip("transformers")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from lowbit.architectures import ARCHITECTURES, UnsupportedArchitecture, family_of, role_of
-from lowbit.recipes import PRESETS, Choice, Recipe, parse_rule
+from lowbit.models.families import ARCHITECTURES, UnsupportedArchitecture, family_of, role_of
+from lowbit.quant.recipes import PRESETS, Choice, Recipe, parse_rule
 
 NAMES = {
     "model.embed_tokens.weight": "embed",

@@ -8,7 +8,7 @@ import lowbit
 import numpy as np
 import pytest
 from lowbit import _core
-from lowbit.dequantized import write_dequantized
+from lowbit.conversion.dequantized import write_dequantized
 from runtime_helpers import hf_logits, prompt_ids, relative_error
 from tiny_models import FAMILIES
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from lowbit.architectures import family_of
-from lowbit.checkpoint import Checkpoint
-from lowbit.recipes import PRESETS, Recipe
+from lowbit.formats.safetensors import Checkpoint
+from lowbit.models.families import family_of
+from lowbit.quant.recipes import PRESETS, Recipe
 from tiny_models import FAMILIES, make_tiny_checkpoint
 
 

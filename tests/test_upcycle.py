@@ -1,4 +1,4 @@
-"""lowbit.upcycle: dense checkpoints into MoE checkpoints that transformers and
+"""lowbit.moe.upcycle: dense checkpoints into MoE checkpoints that transformers and
 lowbit's runtime both run, and the C++ kernels behind it."""
 
 from __future__ import annotations
@@ -10,10 +10,17 @@ import lowbit
 import numpy as np
 import pytest
 from lowbit import _core
-from lowbit.checkpoint import Checkpoint
-from lowbit.cli import main
-from lowbit.upcycle import UpcycleError, _as_windows, _ffn_inputs, _load_dense, load_moe, upcycle
-from lowbit.upcycle_split import _neuron_weights, split_layer, split_model
+from lowbit.cli.main import main
+from lowbit.formats.safetensors import Checkpoint
+from lowbit.moe.split import _neuron_weights, split_layer, split_model
+from lowbit.moe.upcycle import (
+    UpcycleError,
+    _as_windows,
+    _ffn_inputs,
+    _load_dense,
+    load_moe,
+    upcycle,
+)
 from runtime_helpers import hf_logits, prompt_ids, relative_error
 
 # float32 summation-order differences over the logit scale (max |logit|).
@@ -364,7 +371,7 @@ def test_cli(tiny_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_upcycled_model_converts_with_moe_q4_and_runs(
     tiny_checkpoint, family: str, kw: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lowbit.dequantized import write_dequantized
+    from lowbit.conversion.dequantized import write_dequantized
 
     moe = tmp_path / "moe"
     upcycle(tiny_checkpoint(family), moe, calibration_ids=_ids(), evaluate=False, **kw)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import lowbit
 import pytest
-from lowbit.cli import main
-from lowbit.default_model import default_model_path
-from lowbit.upcycle import upcycle
+from lowbit.cli.main import main
+from lowbit.moe.upcycle import upcycle
+from lowbit.sources.default_model import default_model_path
 from runtime_helpers import hf_logits, prompt_ids, relative_error
 
 pytest.importorskip("transformers")

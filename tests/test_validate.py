@@ -10,10 +10,10 @@ from pathlib import Path
 import lowbit
 import numpy as np
 import pytest
-from lowbit.cli import main
+from lowbit.cli.main import main
+from lowbit.eval.tolerances import ToleranceError, load_tolerances
+from lowbit.eval.validate import validate
 from lowbit.testing import assert_within_tolerance
-from lowbit.tolerances import ToleranceError, load_tolerances
-from lowbit.validate import validate
 from tiny_tokenizer import TEXT, write_tiny_tokenizer
 
 pytest.importorskip("transformers")
@@ -81,7 +81,7 @@ def test_the_baseline_logits_are_cached(setup, monkeypatch):
 def _perturb(model_dir: Path, tensor: str, scale: float) -> None:
     """Multiply one stored float tensor of a model directory in place, and
     refresh the manifest's checksums so only the values are wrong."""
-    from lowbit.hashing import file_digest
+    from lowbit.util.hashing import file_digest
 
     path = model_dir / "model.safetensors"
     data = bytearray(path.read_bytes())

@@ -1,32 +1,71 @@
-"""lowbit: compact low-bit models from HuggingFace checkpoints, with proof that they still work."""
+"""lowbit: compact low-bit models from HuggingFace checkpoints, with proof that they still work.
 
-__version__ = "0.1.0"  # before the imports below: convert records it
+The public names below are imported on first use (PEP 562), so ``import
+lowbit``, ``lowbit --help`` and the pytest plugin load none of numpy, the C++
+core or the conversion code until something asks for them.
+"""
 
+from __future__ import annotations
+
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
-from lowbit import _core
+from lowbit._version import __version__
+
+if TYPE_CHECKING:
+    from lowbit.conversion.convert import convert
+    from lowbit.moe.upcycle import upcycle
+    from lowbit.quant.quantize import QuantizedTensor, quantize
+    from lowbit.quant.schemes import schemes
+    from lowbit.runtime.model import Model, load
+    from lowbit.sources.hub import download
+
+# public name -> the module that defines it
+_PUBLIC = {
+    "Model": "lowbit.runtime.model",
+    "QuantizedTensor": "lowbit.quant.quantize",
+    "convert": "lowbit.conversion.convert",
+    "download": "lowbit.sources.hub",
+    "load": "lowbit.runtime.model",
+    "quantize": "lowbit.quant.quantize",
+    "schemes": "lowbit.quant.schemes",
+    "upcycle": "lowbit.moe.upcycle",
+}
 
 # LOWBIT_TARGET=AVX2 (or SSE4, ...) runs every kernel on that SIMD target
 # instead of the best one: to check, on one machine, that results and test
-# limits hold on machines of another kind.
+# limits hold on machines of another kind. Read here, before any kernel runs.
 if os.environ.get("LOWBIT_TARGET"):
+    from lowbit import _core
+
     _core.force_target(os.environ["LOWBIT_TARGET"])
-from lowbit.convert import convert
-from lowbit.hub import download
-from lowbit.quantize import QuantizedTensor, quantize
-from lowbit.runtime import Model, load
-from lowbit.runtime import check_argument as _check_argument
-from lowbit.schemes import schemes
-from lowbit.upcycle import upcycle
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # once: later lookups skip this function
+        return value
+    raise AttributeError(f"module 'lowbit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 def set_num_threads(n: int) -> None:
     """Threads the kernels use, from 1 to the number of cores (more is clamped)."""
-    _core.set_num_threads(_check_argument(n, "n", 1, 2**31 - 1))
+    from lowbit import _core
+    from lowbit.util.errors import check_argument
+
+    _core.set_num_threads(check_argument(n, "n", 1, 2**31 - 1))
 
 
 def num_threads() -> int:
     """Threads the kernels use now."""
+    from lowbit import _core
+
     return _core.num_threads()
 
 

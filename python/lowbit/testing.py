@@ -9,7 +9,7 @@ any test suite::
 
 ``lowbit_tolerances`` reads the TOML file given by ``--lowbit-tolerances`` or
 the ini option ``lowbit_tolerances`` (defaults otherwise); ``lowbit_validate``
-runs ``lowbit.validate.validate`` with the baseline logits cached in pytest's
+runs ``lowbit.eval.validate.validate`` with the baseline logits cached in pytest's
 cache directory, so reruns do not run PyTorch again.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from lowbit.tolerances import Tolerances, load_tolerances, violations
-from lowbit.validate import ValidationReport, validate
+from lowbit.eval.tolerances import Tolerances, load_tolerances, violations
+from lowbit.eval.validate import ValidationReport, validate
 
 __all__ = ["assert_within_tolerance"]
 

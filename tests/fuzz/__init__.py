@@ -42,10 +42,10 @@ OUTCOMES = ("clean", "accepted", "crash", "hang", "unclean")
 
 def _read_source(path: Path) -> None:
     """A source checkpoint (shards + index + config.json), as convert reads it."""
-    from lowbit.checkpoint import Checkpoint
-    from lowbit.manifest import describe_model
-    from lowbit.model_config import check_layers, read_config
-    from lowbit.recipes import Recipe
+    from lowbit.formats.manifest import describe_model
+    from lowbit.formats.safetensors import Checkpoint
+    from lowbit.models.config import check_layers, read_config
+    from lowbit.quant.recipes import Recipe
 
     config = read_config(path / "config.json")
     ck = Checkpoint(path)
@@ -59,10 +59,10 @@ def _read_source(path: Path) -> None:
 
 def _read_config(path: Path) -> None:
     """config.json through everything that reads it: manifest and runtime config."""
-    from lowbit.checkpoint import Checkpoint
-    from lowbit.manifest import describe_model
-    from lowbit.model_config import check_layers, read_config
-    from lowbit.runtime_config import core_config
+    from lowbit.formats.manifest import describe_model
+    from lowbit.formats.safetensors import Checkpoint
+    from lowbit.models.config import check_layers, read_config
+    from lowbit.runtime.config import core_config
 
     config = read_config(path / "config.json")
     check_layers(config, Checkpoint(path).names(), path / "config.json")
@@ -71,7 +71,7 @@ def _read_config(path: Path) -> None:
 
 
 def _read_tokenizer(path: Path) -> None:
-    from lowbit.tokenizer import Tokenizer
+    from lowbit.models.tokenizer import Tokenizer
 
     tok = Tokenizer(path)
     ids = tok.encode("hello world, a tiny test")
@@ -96,7 +96,7 @@ def _rehash(path: Path) -> None:
     seed's) is rewritten."""
     import json
 
-    from lowbit.hashing import file_digest
+    from lowbit.util.hashing import file_digest
 
     manifest_file = path / "manifest.json"
     if manifest_file.stat().st_nlink < 2:
@@ -122,8 +122,8 @@ def _read_converted_unverified(path: Path) -> None:
 
 def _read_npz(path: Path) -> None:
     """An NPZ directory (manifest format "2" + model.npz), as inspect reads it."""
-    from lowbit.errors import LowbitError
-    from lowbit.inspect_model import inspect_model
+    from lowbit.formats.inspect_model import inspect_model
+    from lowbit.util.errors import LowbitError
 
     _rehash(path)
     report = inspect_model(path, verify=True)
@@ -132,7 +132,7 @@ def _read_npz(path: Path) -> None:
 
 
 def _read_tolerances(path: Path) -> None:
-    from lowbit.tolerances import load_tolerances, violations
+    from lowbit.eval.tolerances import load_tolerances, violations
 
     tol = load_tolerances(path / "tolerances.toml", preset="q4")
     report = {
@@ -143,14 +143,14 @@ def _read_tolerances(path: Path) -> None:
 
 
 def _read_gguf(path: Path) -> None:
-    from lowbit.gguf_input import read_gguf
+    from lowbit.formats.gguf import read_gguf
 
     read_gguf(path / "tiny.gguf")
 
 
 def _import_gguf(path: Path) -> None:
     """The whole GGUF import (transformers builds and fills the model); slow."""
-    from lowbit.gguf_input import import_gguf
+    from lowbit.formats.gguf import import_gguf
 
     import_gguf(path / "tiny.gguf", path / "imported")
 
@@ -231,12 +231,12 @@ def _worker(conn: Any) -> None:
     warnings.simplefilter("ignore")  # numpy's overflow warnings on garbage weights
     # Import what the targets use before saying ready, so that an input's
     # timeout never includes the start-up of a (re)started worker.
-    import lowbit.gguf_input
-    import lowbit.inspect_model
-    import lowbit.runtime
-    import lowbit.tokenizer
-    import lowbit.tolerances  # noqa: F401
-    from lowbit.errors import LowbitError
+    import lowbit.eval.tolerances
+    import lowbit.formats.gguf
+    import lowbit.formats.inspect_model
+    import lowbit.models.tokenizer
+    import lowbit.runtime.model  # noqa: F401
+    from lowbit.util.errors import LowbitError
 
     conn.send(("ready", ""))
     while True:
@@ -440,7 +440,7 @@ def _self_test_unclean(path: Path) -> None:
 
 
 def _self_test_clean(path: Path) -> None:
-    from lowbit.errors import LowbitError
+    from lowbit.util.errors import LowbitError
 
     raise LowbitError(f"{path}: bad")
 

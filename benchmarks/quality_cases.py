@@ -1,0 +1,99 @@
+"""What each preset and method costs on a real model, next to llama.cpp's
+Q8_0 and Q4_0: the cases of benchmarks/bench_quality.py and the
+model_accuracy notebook, measured with ``lowbit validate``'s code."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gguf_peer import gguf_roundtrip
+from lowbit.conversion.convert import convert
+from lowbit.eval.validate import validate
+
+# The linear layers (not embeddings, norms or routers): where rules apply.
+LINEAR = r"(self_attn|mlp)\..*proj\.weight$"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    preset: str = "f32"
+    rules: tuple[str, ...] = ()
+    method: str = "rtn"
+    gguf: tuple[str, str] | None = None  # (linear type, embedding type)
+
+
+def _with(scheme: str, method: str) -> tuple[str, ...]:
+    return (f"{LINEAR}={scheme}:{method}",)
+
+
+CASES: dict[str, Case] = {
+    c.name: c
+    for c in (
+        Case("q8 (int8 g32)", "q8"),
+        Case("q8 mse", "q8", (r".*\.weight=int8:32:mse",), "mse"),
+        Case("int8 per row", "q8", (r".*\.weight=int8:row",)),
+        Case("GGUF Q8_0", gguf=("Q8_0", "Q8_0")),
+        Case("q4 (int4 g32)", "q4"),
+        Case("q4 mse", "q4", _with("int4:32", "mse"), "mse"),
+        Case("uint4 g64 rtn", "q4", _with("uint4:64", "rtn")),
+        Case("uint4 g64 mse", "q4", _with("uint4:64", "mse"), "mse"),
+        Case("uint4 g64 hqq", "q4", _with("uint4:64", "hqq"), "hqq"),
+        Case("GGUF Q4_0", gguf=("Q4_0", "Q8_0")),
+        Case("uint2 g32 rtn", "q2", _with("uint2:32", "rtn")),
+        Case("uint2 g32 mse", "q2", _with("uint2:32", "mse"), "mse"),
+        Case("q2 (uint2 g32 hqq)", "q2", method="hqq"),
+    )
+}
+
+
+def linear_bits_per_weight(manifest: dict[str, Any]) -> tuple[float, float]:
+    """(bits per weight over all matrices, over the linear layers only)."""
+    tot = n = lin = n_lin = 0.0
+    for w in manifest["weights"]:
+        if len(w["shape"]) < 2:
+            continue
+        size = math.prod(w["shape"])
+        tot += size * w["bits_per_weight"]
+        n += size
+        if w["role"] not in ("embed", "lm_head", "router", "shared_router"):
+            lin += size * w["bits_per_weight"]
+            n_lin += size
+    return tot / n, lin / n_lin
+
+
+def run_case(case: Case, src: Path, workdir: Path, **validate_options: Any) -> dict[str, Any]:
+    """Convert (or round-trip through GGUF), validate, and summarise one case."""
+    slug = "".join(ch if ch.isalnum() else "-" for ch in case.name)
+    out = workdir / slug
+    if case.gguf:
+        peer = workdir / f"{slug}-hf"
+        stats = gguf_roundtrip(src, peer, *case.gguf)
+        convert(peer, out, preset="f32", force=True, progress=False)
+        shutil.rmtree(peer)
+        bits = (stats["bits_per_weight"], stats["linear_bits_per_weight"])
+    else:
+        convert(src, out, preset=case.preset, rules=list(case.rules), force=True, progress=False)
+    if not case.gguf:
+        bits = linear_bits_per_weight(json.loads((out / "manifest.json").read_text()))
+    report = validate(out, src, **validate_options)
+    m = report.model or {}
+    row = {
+        "case": case.name,
+        "method": case.method,
+        "bits_per_weight": bits[0],
+        "linear_bits_per_weight": bits[1],
+        "delta_ppl_pct": m.get("delta_ppl_pct"),
+        "kld_mean": m.get("kld_mean"),
+        "kld_p99": m.get("kld_p99"),
+        "same_top": m.get("same_top"),
+        "ppl": m.get("ppl"),
+        "ppl_baseline": m.get("ppl_baseline"),
+    }
+    shutil.rmtree(out)
+    return row

@@ -1,0 +1,1 @@
+"""Layer 9: the ``lowbit`` command line, one subcommand per job."""

@@ -1,0 +1,204 @@
+"""The NumPy reference of every scheme and method: the spec the C++ kernels are tested against.
+
+Readable first, fast second. All arithmetic is float32 with one rounding per
+operation (``x * inv`` then ``+ zero``, never fused), so the SIMD kernels agree
+with it bit for bit for ``rtn``. ``mse`` and ``hqq`` sum squared errors, and
+summation order may break near-ties differently; their results agree to within
+that.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lowbit.quant.schemes import Scheme
+
+F32 = np.float32
+Params = tuple[np.ndarray, np.ndarray, np.ndarray]  # scale, 1/scale, zero per group
+
+# Clip-ratio grids of the ``mse`` method (src/quant/quant_params.h: MseRatio).
+MSE_RATIOS = tuple(F32(1.0 - 0.025 * i) for i in range(20))
+MSE_RATIOS_MEANABS = tuple(F32(0.5 + 0.05 * i) for i in range(21))
+
+# HQQ's published defaults: lp-norm, beta, kappa, iterations.
+HQQ_LP_NORM = F32(0.7)
+HQQ_BETA = F32(10.0)
+HQQ_KAPPA = F32(1.01)
+HQQ_ITERS = 20
+
+
+def _store(v: np.ndarray, f16: bool) -> np.ndarray:
+    """Round parameters to what is stored: float16 for groups, float32 per row."""
+    v = v.astype(F32)
+    return v.astype(np.float16).astype(F32) if f16 else v
+
+
+def _inverse(scale: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(scale)
+    np.divide(F32(1.0), scale, out=out, where=scale != 0)
+    return out
+
+
+def _params(s: Scheme, xg: np.ndarray, f16: bool, ratio: np.float32) -> Params:
+    """Round-to-nearest (scale, 1/scale, zero) of each group row of ``xg``, clipped by ``ratio``."""
+    if s.rule == "absmax":
+        scale = _store((np.abs(xg).max(axis=1) * ratio) / F32(s.scale_divisor), f16)
+        return scale, _inverse(scale), np.zeros_like(scale)
+    if s.rule == "signedmax":
+        mn, mx = xg.min(axis=1), xg.max(axis=1)
+        extreme = np.where(-mn > mx, mn, mx)
+        scale = _store((extreme * ratio) / F32(s.scale_divisor), f16)
+        return scale, _inverse(scale), np.zeros_like(scale)
+    if s.rule == "meanabs":
+        mean = (np.abs(xg.astype(np.float64)).sum(axis=1) / xg.shape[1]).astype(F32)
+        scale = _store(mean * ratio, f16)
+        return scale, _inverse(scale), np.zeros_like(scale)
+    mn = xg.min(axis=1) * ratio
+    mx = xg.max(axis=1) * ratio
+    constant = mx == mn  # exact with code 0: zero = -sign(x), scale = |x|
+    with np.errstate(over="ignore"):
+        scale = _store(np.where(constant, np.abs(mx), (mx - mn) / F32(s.qmax)), f16)
+        inv = _inverse(scale)
+        zero = np.where(constant, -np.sign(mx), _store(-mn * inv, f16)).astype(F32)
+    return scale, inv, zero
+
+
+def _codes(s: Scheme, xg: np.ndarray, inv: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    """Integer q of each element (before the code offset): round half to even, clamped."""
+    t = xg * inv[:, None]
+    if s.asymmetric:
+        t = t + zero[:, None]
+    return np.rint(np.clip(t, F32(s.qmin), F32(s.qmax)))
+
+
+def _sse(
+    s: Scheme, xg: np.ndarray, scale: np.ndarray, inv: np.ndarray, zero: np.ndarray
+) -> np.ndarray:
+    q = _codes(s, xg, inv, zero)
+    rec = (q - zero[:, None]) * scale[:, None]
+    return ((xg - rec).astype(np.float64) ** 2).sum(axis=1)
+
+
+def _hqq(s: Scheme, xg: np.ndarray, f16: bool) -> Params:
+    scale, inv, zero = _params(s, xg, f16, F32(1.0))
+    best_sse = _sse(s, xg, scale, inv, zero)
+    active = (scale != 0) & (xg.min(axis=1) != xg.max(axis=1))
+    beta = HQQ_BETA
+    lo, hi = F32(s.qmin), F32(s.qmax)
+    for _ in range(HQQ_ITERS):
+        inv_beta = F32(1.0) / beta
+        q = np.rint(np.clip(xg * inv[:, None] + zero[:, None], lo, hi))
+        resid = xg - (q - zero[:, None]) * scale[:, None]
+        mag = np.maximum(np.abs(resid), F32(1e-30))
+        thresh = np.power(mag, HQQ_LP_NORM - F32(1.0)) * inv_beta
+        e = np.copysign(np.maximum(np.abs(resid) - thresh, F32(0.0)), resid)
+        step = (q - (xg - e) * inv[:, None]).mean(axis=1, dtype=F32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cand = _store(step, f16)
+        beta = beta * HQQ_KAPPA
+        sse = _sse(s, xg, scale, inv, cand)
+        improve = active & np.isfinite(cand) & (sse < best_sse)
+        zero = np.where(improve, cand, zero)
+        best_sse = np.where(improve, sse, best_sse)
+        active = improve
+        if not active.any():
+            break
+    return scale, inv, zero
+
+
+def _find_params(s: Scheme, xg: np.ndarray, f16: bool, method: str) -> Params:
+    if method == "hqq":
+        return _hqq(s, xg, f16)
+    best = _params(s, xg, f16, F32(1.0))
+    if method == "rtn":
+        return best
+    best_sse = _sse(s, xg, *best)
+    ratios = MSE_RATIOS_MEANABS if s.rule == "meanabs" else MSE_RATIOS
+    for ratio in ratios[1:]:
+        cand = _params(s, xg, f16, ratio)
+        ok = np.isfinite(cand[0]) & np.isfinite(cand[2])
+        sse = _sse(s, xg, *cand)
+        better = ok & (sse < best_sse)
+        best = (
+            np.where(better, cand[0], best[0]),
+            np.where(better, cand[1], best[1]),
+            np.where(better, cand[2], best[2]),
+        )
+        best_sse = np.where(better, sse, best_sse)
+    return best
+
+
+def pack(s: Scheme, codes: np.ndarray) -> np.ndarray:
+    """Pack stored codes ``[rows, padded_cols]`` (0 <= code < 2**bits) into 16-byte blocks.
+
+    Within a block, the code at position ``k * 16 + j`` sits in byte ``j``, bits
+    ``[k * bits, (k + 1) * bits)``.
+    """
+    rows, cols = codes.shape
+    per = 8 // s.bits
+    blocks = codes.reshape(rows, cols // s.codes_per_block, per, 16).astype(np.uint8)
+    out = np.zeros((rows, blocks.shape[1], 16), dtype=np.uint8)
+    for k in range(per):
+        out |= blocks[:, :, k, :] << np.uint8(k * s.bits)
+    return out.reshape(rows, -1)
+
+
+def unpack(s: Scheme, packed: np.ndarray, cols: int) -> np.ndarray:
+    """Inverse of :func:`pack`: the first ``cols`` codes of each row, as int32."""
+    rows = packed.shape[0]
+    per = 8 // s.bits
+    blocks = packed.reshape(rows, -1, 1, 16).astype(np.int32)
+    shifts = (np.arange(per, dtype=np.int32) * s.bits).reshape(1, 1, per, 1)
+    codes = (blocks >> shifts) & ((1 << s.bits) - 1)
+    return codes.reshape(rows, -1)[:, :cols]
+
+
+def quantize(
+    s: Scheme, x: np.ndarray, group_size: int | None, method: str = "rtn"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Reference quantization of a 2-D matrix: (codes, scales, zeros).
+
+    Codes are int8 ``[rows, cols]`` for int8, uint8 ``[rows, cols]`` for uint8,
+    and packed uint8 ``[rows, row_bytes]`` otherwise. Scales and zeros are the
+    stored values as float32 ``[rows, groups]`` (float16-exact for groups).
+    """
+    x = np.asarray(x).astype(F32)
+    rows, cols = x.shape
+    g = cols if group_size is None else group_size
+    groups = cols // g
+    f16 = group_size is not None
+    xg = x.reshape(rows * groups, g)
+    scale, inv, zero = _find_params(s, xg, f16, method)
+    q = _codes(s, xg, inv, zero).reshape(rows, cols).astype(np.int32)
+    scales = scale.reshape(rows, groups)
+    zeros = zero.reshape(rows, groups) if s.asymmetric else None
+    if s.bits == 8:
+        codes = q.astype(np.int8 if s.qmin < 0 else np.uint8)
+        return codes, scales, zeros
+    # Pad the last block with zeros quantized by the row's last group.
+    padded_cols = s.row_bytes(cols) * 8 // s.bits
+    pad = padded_cols - cols
+    if pad:
+        last_inv = inv.reshape(rows, groups)[:, -1:]
+        last_zero = zero.reshape(rows, groups)[:, -1:]
+        zq = _codes(s, np.zeros((rows, pad), F32), last_inv[:, 0], last_zero[:, 0])
+        q = np.concatenate([q, zq.astype(np.int32)], axis=1)
+    return pack(s, q + s.code_offset), scales, zeros
+
+
+def dequantize(
+    s: Scheme,
+    codes: np.ndarray,
+    scales: np.ndarray,
+    zeros: np.ndarray | None,
+    cols: int,
+    group_size: int | None,
+) -> np.ndarray:
+    """Reference reconstruction ``scale * (code - zero)`` as float32 ``[rows, cols]``."""
+    rows = codes.shape[0]
+    g = cols if group_size is None else group_size
+    u = codes.astype(np.int32) if s.bits == 8 else unpack(s, codes, cols)
+    zero = zeros.astype(F32) if zeros is not None else np.full(scales.shape, s.code_offset, F32)
+    per_elem = np.repeat(np.arange(cols // g), g)
+    assert u.shape == (rows, cols)
+    return (u.astype(F32) - zero[:, per_elem]) * scales.astype(F32)[:, per_elem]
