@@ -24,8 +24,8 @@ from common import write_json
 
 
 def main() -> None:
+    from lowbit.eval.quality import CASES, run_case
     from lowbit.sources.default_model import default_model_path
-    from quality_cases import CASES, run_case
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default=",".join(CASES))

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gguf_peer import gguf_roundtrip
 from lowbit.conversion.convert import convert
+from lowbit.eval.gguf_peer import gguf_roundtrip
 from lowbit.eval.validate import validate
 
 # The linear layers (not embeddings, norms or routers): where rules apply.

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+
 from lowbit.formats.safetensors import Checkpoint, StreamingWriter, TensorSpec
 from lowbit.models.families import role_of
 from lowbit.util.outdir import copy_side_files, writing
