@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from lowbit.cli.main import main
+from lowbit.cli import main
 
 
 def _reject(name: str) -> None:

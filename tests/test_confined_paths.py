@@ -16,7 +16,7 @@ from pathlib import Path
 import lowbit
 import numpy as np
 import pytest
-from lowbit.cli.main import main
+from lowbit.cli import main
 from lowbit.formats.inspect_model import inspect_model
 from lowbit.formats.manifest import ManifestError
 from lowbit.formats.safetensors import INDEX_FILE, Checkpoint, CheckpointError

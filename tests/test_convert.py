@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from lowbit.cli.main import main
+from lowbit.cli import main
 from lowbit.conversion.convert import convert
 from lowbit.formats.manifest import load
 from lowbit.formats.safetensors import Checkpoint

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lowbit
 import pytest
-from lowbit.cli.main import main
+from lowbit.cli import main
 from lowbit.formats.safetensors import CustomCodeError
 from lowbit.models.tokenizer import Tokenizer, TokenizerError
 from tiny_tokenizer import write_tiny_tokenizer

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lowbit.cli.main import main
+from lowbit.cli import main
 from lowbit.formats import npz as npz_format
 from lowbit.formats.manifest import load
 from lowbit.moe.upcycle import UpcycleError, upcycle
@@ -35,7 +35,7 @@ upcycle_module = importlib.import_module("lowbit.moe.upcycle")
 PAUSED_CHILD = """
 import importlib, sys, time
 from pathlib import Path
-from lowbit.cli.main import main
+from lowbit.cli import main
 
 convert_module = importlib.import_module("lowbit.conversion.convert")
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
@@ -56,7 +56,7 @@ sys.exit(main(sys.argv[3:]))
 KILLED_AT_COMMIT_CHILD = """
 import os, sys
 from pathlib import Path
-from lowbit.cli.main import main
+from lowbit.cli import main
 
 real = Path.rename
 
@@ -373,7 +373,7 @@ def test_a_waiting_lock_is_taken_when_the_holder_ends(tmp_path):
 PAUSED_UPCYCLE_CHILD = """
 import importlib, sys, time
 from pathlib import Path
-from lowbit.cli.main import main
+from lowbit.cli import main
 
 upcycle_module = importlib.import_module("lowbit.moe.upcycle")
 ready = Path(sys.argv[1])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lowbit
 import pytest
-from lowbit.cli.main import main
+from lowbit.cli import main
 from lowbit.models.tokenizer import TokenizerError
 from lowbit.runtime.model import ModelLoadError
 from runtime_helpers import prompt_ids

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from lowbit.cli.main import main
+from lowbit.cli import main
 from lowbit.formats.manifest import load
 from lowbit.formats.safetensors import Checkpoint
 from tiny_gguf import HEADS, KV_HEADS, tensor_table, unpermute, write_tiny_gguf

@@ -403,7 +403,7 @@ def test_a_damaged_npz_archive_is_a_reported_problem(npz_dir, tmp_path):
 def test_the_cli_reports_a_bad_config_in_one_line_with_exit_2(
     src, tmp_path, capsys, changes, field
 ):
-    from lowbit.cli.main import main
+    from lowbit.cli import main
 
     ck = _with_config(src, tmp_path, **changes)
     assert main(["convert", str(ck), str(tmp_path / "out"), "--quiet"]) == 2

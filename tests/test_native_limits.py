@@ -583,7 +583,7 @@ def test_load_context_2_59_then_forward_is_a_clean_error(model_dir):
 def test_cli_generate_with_a_huge_context_exits_2(model_dir):
     """The reproducer: this was an abort in free()."""
     proc = _child(
-        "import sys\nfrom lowbit.cli.main import main\n"
+        "import sys\nfrom lowbit.cli import main\n"
         f"sys.exit(main(['generate', {str(model_dir)!r}, '--prompt-ids', '1,2', '-n', '2', "
         "'--context', '576460752303423488']))"
     )
@@ -594,7 +594,7 @@ def test_cli_generate_with_a_huge_context_exits_2(model_dir):
 
 @pytest.mark.parametrize("command", ["generate", "inspect"])
 def test_cli_context_flags_have_an_upper_bound(model_dir, command, capsys):
-    from lowbit.cli.main import main
+    from lowbit.cli import main
 
     args = [command, str(model_dir), "--context", str(2**24 + 1)]
     if command == "generate":

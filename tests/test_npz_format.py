@@ -7,7 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from lowbit.cli.main import main
+from lowbit.cli import main
 from lowbit.conversion.convert import convert
 from lowbit.formats.manifest import ManifestError, load
 from lowbit.formats.safetensors import Checkpoint

@@ -10,7 +10,7 @@ import lowbit
 import numpy as np
 import pytest
 from lowbit import _core
-from lowbit.cli.main import main
+from lowbit.cli import main
 from lowbit.formats.safetensors import Checkpoint
 from lowbit.moe.split import _neuron_weights, split_layer, split_model
 from lowbit.moe.upcycle import (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import lowbit
 import pytest
-from lowbit.cli.main import main
+from lowbit.cli import main
 from lowbit.moe.upcycle import upcycle
 from lowbit.sources.default_model import default_model_path
 from runtime_helpers import hf_logits, prompt_ids, relative_error

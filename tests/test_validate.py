@@ -10,7 +10,7 @@ from pathlib import Path
 import lowbit
 import numpy as np
 import pytest
-from lowbit.cli.main import main
+from lowbit.cli import main
 from lowbit.eval.tolerances import ToleranceError, load_tolerances
 from lowbit.eval.validate import validate
 from lowbit.testing import assert_within_tolerance

@@ -1,5 +1,5 @@
 """``python -m lowbit`` is the ``lowbit`` command."""
 
-from lowbit.cli.main import main
+from lowbit.cli import main
 
 raise SystemExit(main())

@@ -9,6 +9,7 @@ generates a short reply with lowbit's runtime, and prints a summary.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from lowbit import _core
+from lowbit.cli.common import EXIT_OK, add_output_flags, emit
+from lowbit.cli.common import quiet as quiet_flag
 from lowbit.conversion.convert import convert
 from lowbit.eval.metrics import weight_error
 from lowbit.eval.validate import format_report as format_validation
@@ -24,17 +27,21 @@ from lowbit.eval.validate import validate
 from lowbit.formats.inspect_model import format_report, inspect_model
 from lowbit.formats.safetensors import Checkpoint
 from lowbit.quant.quantize import quantize
+from lowbit.quant.recipes import PRESETS
 from lowbit.quant.schemes import SCHEMES
 from lowbit.runtime.model import load
 from lowbit.sources.default_model import cache_dir, default_model_path
 
 DEMO_PROMPT = "Write a haiku about autumn"
+DEFAULT_PRESET = "q4"
 
 # A real matrix for the error table: the first layer's FFN down projection.
 SAMPLE_WEIGHT = "model.layers.0.mlp.down_proj.weight"
 
 
-def run(out: Path | None = None, preset: str = "q4", quiet: bool = False) -> dict[str, Any]:
+def demo(
+    out: Path | None = None, preset: str = DEFAULT_PRESET, quiet: bool = False
+) -> dict[str, Any]:
     """Run the demo; print its steps unless ``quiet``; return a JSON-able report."""
 
     def say(text: str) -> None:
@@ -152,3 +159,15 @@ def format_error_table(rows: list[dict[str, Any]]) -> str:
             f"{r['quantize_ms']:>7.1f}"
         )
     return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, help="where to write the converted model")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS))
+    add_output_flags(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = demo(out=args.out, preset=args.preset, quiet=quiet_flag(args))
+    emit(args, report, lambda: None)  # the steps printed themselves
+    return EXIT_OK

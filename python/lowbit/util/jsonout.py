@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
-import numpy as np
+
+def _numpy_types() -> tuple[type, ...]:
+    """NumPy's scalar and array types, or none while NumPy is not loaded (then
+    no value can be one): ``lowbit --help`` does not pay NumPy's import."""
+    np = sys.modules.get("numpy")
+    return (np.generic, np.ndarray) if np is not None else ()
 
 
 def _nonfinite(value: float) -> str:
@@ -24,14 +30,15 @@ def _nonfinite(value: float) -> str:
 def strict(value: Any) -> Any:
     """``value`` with non-finite floats replaced by None (see the module doc)
     and NumPy scalars and arrays made Python numbers and lists."""
-    if isinstance(value, np.generic | np.ndarray):
+    arrays = _numpy_types()
+    if isinstance(value, arrays):
         value = value.tolist()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         out: dict[Any, Any] = {}
         for k, v in value.items():
-            v = v.tolist() if isinstance(v, np.generic | np.ndarray) else v
+            v = v.tolist() if isinstance(v, arrays) else v
             if isinstance(v, float) and not math.isfinite(v):
                 out[f"{k}_nonfinite"] = _nonfinite(v)
             out[k] = strict(v)
