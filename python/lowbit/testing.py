@@ -74,7 +74,9 @@ def lowbit_tolerances(lowbit_tolerances_path: Path | None) -> Tolerances:
 def lowbit_validate(pytestconfig: pytest.Config) -> Callable[..., ValidationReport]:
     """validate(model_dir, baseline, **options) with the baseline logits cached
     in pytest's cache directory."""
-    cache = pytestconfig.cache.mkdir("lowbit-baselines") if pytestconfig.cache else None
+    # No cache with `-p no:cacheprovider`: then every run computes the baseline.
+    pytest_cache = getattr(pytestconfig, "cache", None)
+    cache = pytest_cache.mkdir("lowbit-baselines") if pytest_cache else None
 
     def run(model_dir: str | Path, baseline: str | Path, **options: Any) -> ValidationReport:
         options.setdefault("baseline_cache", cache)

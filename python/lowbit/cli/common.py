@@ -4,6 +4,7 @@ the one place that prints a result for humans, for ``--json`` or not at all."""
 from __future__ import annotations
 
 import argparse
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,15 @@ def emit(args: argparse.Namespace, data: Any, human: Callable[[], str | None]) -
         text = human()
         if text is not None:
             print(text)
+
+
+def call(fn: Callable[..., Any], args: argparse.Namespace, **given: Any) -> Any:
+    """``fn`` called with every parsed argument that is named as one of its
+    parameters, and with ``given``. Each flag's ``dest`` is the API's name for
+    it, so a command cannot forward a flag under the wrong name or forget one."""
+    params = inspect.signature(fn).parameters
+    parsed = {k: v for k, v in vars(args).items() if k in params and k not in given}
+    return fn(**parsed, **given)
 
 
 def model_dir(path: str | Path) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.cli.common import EXIT_OK, add_output_flags, emit, quiet
+from lowbit.cli import common
 from lowbit.conversion.convert import FORMATS, ConvertSummary, convert
 from lowbit.quant.recipes import PRESETS
 
@@ -15,6 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="q4", choices=list(PRESETS), help="default: q4")
     p.add_argument(
         "--scheme",
+        dest="rules",
         action="append",
         default=[],
         metavar="REGEX=SCHEME[:GROUP][:METHOD]",
@@ -22,12 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--format",
+        dest="fmt",
         default=FORMATS[0],
         choices=list(FORMATS),
         help="lowbit: safetensors + manifest (default); npz: the reference documents' NPZ layout",
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    add_output_flags(p)
+    common.add_output_flags(p)
 
 
 def _summary(s: ConvertSummary) -> str:
@@ -46,14 +48,6 @@ def _summary(s: ConvertSummary) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = convert(
-        args.src,
-        args.out,
-        preset=args.preset,
-        rules=args.scheme,
-        force=args.force,
-        progress=False if quiet(args) else None,
-        fmt=args.format,
-    )
-    emit(args, summary.as_dict(), lambda: _summary(summary))
-    return EXIT_OK
+    summary = common.call(convert, args, progress=False if common.quiet(args) else None)
+    common.emit(args, summary.as_dict(), lambda: _summary(summary))
+    return common.EXIT_OK

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from lowbit import _core
-from lowbit.cli.common import EXIT_OK, add_output_flags, emit
-from lowbit.cli.common import quiet as quiet_flag
+from lowbit.cli import common
 from lowbit.conversion.convert import convert
 from lowbit.eval.metrics import weight_error
 from lowbit.eval.validate import format_report as format_validation
@@ -164,10 +163,10 @@ def format_error_table(rows: list[dict[str, Any]]) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="where to write the converted model")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS))
-    add_output_flags(p)
+    common.add_output_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = demo(out=args.out, preset=args.preset, quiet=quiet_flag(args))
-    emit(args, report, lambda: None)  # the steps printed themselves
-    return EXIT_OK
+    report = demo(out=args.out, preset=args.preset, quiet=common.quiet(args))
+    common.emit(args, report, lambda: None)  # the steps printed themselves
+    return common.EXIT_OK

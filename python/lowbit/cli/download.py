@@ -6,14 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lowbit.cli.common import (
-    EXIT_BAD_INPUT,
-    EXIT_CHECK_FAILED,
-    EXIT_OK,
-    add_output_flags,
-    emit,
-    quiet,
-)
+from lowbit.cli import common
 from lowbit.sources.hub import DownloadError, download
 
 
@@ -31,24 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--offline", action="store_true", help="use only files already downloaded (no network)"
     )
-    add_output_flags(p)
+    common.add_output_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        result = download(
-            args.repo_id,
-            revision=args.revision,
-            include=args.include,
-            exclude=args.exclude,
-            local_dir=args.local_dir,
-            cache_dir=args.cache_dir,
-            offline=args.offline,
-            progress=not quiet(args),
-        )
+        result = common.call(download, args, progress=not common.quiet(args))
     except DownloadError as e:
         print(f"lowbit download: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT if e.bad_input else EXIT_CHECK_FAILED
+        return common.EXIT_BAD_INPUT if e.bad_input else common.EXIT_CHECK_FAILED
     # The path alone on stdout, as `hf download` prints it, for scripts.
-    emit(args, result.as_dict(), lambda: str(result.path))
-    return EXIT_OK
+    common.emit(args, result.as_dict(), lambda: str(result.path))
+    return common.EXIT_OK

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.cli.common import EXIT_OK, add_output_flags, emit
+from lowbit.cli import common
 from lowbit.quant.schemes import SCHEMES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_output_flags(p)
+    common.add_output_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,5 +23,5 @@ def run(args: argparse.Namespace) -> int:
         }
         for s in SCHEMES.values()
     ]
-    emit(args, rows, lambda: "\n".join(f"{r['name']:<8} {r['summary']}" for r in rows))
-    return EXIT_OK
+    common.emit(args, rows, lambda: "\n".join(f"{r['name']:<8} {r['summary']}" for r in rows))
+    return common.EXIT_OK
