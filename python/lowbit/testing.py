@@ -17,12 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from lowbit.eval.tolerances import Tolerances, load_tolerances, violations
-from lowbit.eval.validate import ValidationReport, validate
+
+if TYPE_CHECKING:
+    # Imported where used: pytest loads this plugin in every test run of a
+    # project that has lowbit installed, and validate pulls in NumPy and the
+    # runtime.
+    from lowbit.eval.validate import ValidationReport
 
 __all__ = ["assert_within_tolerance"]
 
@@ -33,6 +38,8 @@ def assert_within_tolerance(
 ) -> None:
     """AssertionError listing every figure of ``report`` outside ``tolerances``
     (a Tolerances, a TOML path with the report's preset applied, or the defaults)."""
+    from lowbit.eval.validate import ValidationReport
+
     data = report.as_dict() if isinstance(report, ValidationReport) else report
     if not isinstance(tolerances, Tolerances):
         tolerances = load_tolerances(tolerances, preset=data.get("preset"))
@@ -79,6 +86,8 @@ def lowbit_validate(pytestconfig: pytest.Config) -> Callable[..., ValidationRepo
     cache = pytest_cache.mkdir("lowbit-baselines") if pytest_cache else None
 
     def run(model_dir: str | Path, baseline: str | Path, **options: Any) -> ValidationReport:
+        from lowbit.eval.validate import validate
+
         options.setdefault("baseline_cache", cache)
         return validate(model_dir, baseline, **options)
 
