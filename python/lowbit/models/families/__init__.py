@@ -1,47 +1,74 @@
-"""Model families: which architectures lowbit knows, and the role of each tensor name.
+"""Model families: which architectures lowbit knows, one module each, and the role of
+each tensor name.
 
-Roles are what recipes choose schemes by. They are read from the names that
-HuggingFace checkpoints use on disk, for every family in DESIGN.md, never from
-a model's size.
+Adding a family
+---------------
+Add ``lowbit/models/families/<name>.py`` defining ``FAMILY = Family(...)``
+(``lowbit.models.family``) and list the module in ``_MODULES`` below (that
+order is the order of the "supported:" list in errors). Then add the family
+to ``tests/tiny_models.FAMILIES``, so that every test runs it. The fields:
+
+- ``name``: lowbit's name (manifests, messages); ``architecture``: config.json's
+  ``architectures[0]``; ``model_type``: its ``model_type``, used when
+  ``architectures`` is absent.
+- ``norm_plus_one``: RMSNorm weights w act as (1 + w) (Gemma).
+- ``embed_scale``: embeddings are multiplied by sqrt(hidden_size) (Gemma).
+- ``post_norms``: attention and FFN outputs are normed too, and
+  ``post_attention_layernorm`` is the attention output's norm rather than the
+  FFN input's (Gemma 2 and 3).
+- ``query_pre_attn_scalar``: config.json's ``query_pre_attn_scalar`` sets the
+  attention scale, its inverse square root (Gemma 2 and 3).
+- ``activation``: the FFN activation when config.json names none;
+  ``gelu_is_tanh``: a config's plain ``gelu`` means the tanh approximation.
+- ``norm_topk_prob``: None to read config.json's ``norm_topk_prob`` (absent:
+  false); True or False when the architecture fixes it (Mixtral: True).
+- ``moe``: the FFN is a Mixture of Experts; ``moe_layout``: the names its
+  router and experts have (``MoeLayout``), which ``lowbit upcycle`` writes.
+- ``upcycles_to``: for a dense family, the name of the MoE family it upcycles
+  into (its ``moe_layout`` is used), or None.
+
+Tensor names come from the one vocabulary in ``lowbit.models.tensors``; a
+family whose checkpoints use names it does not list needs rows there too
+(a role for recipes, a slot in the C++ core, see src/model/weight_key.h).
+The runtime's switches are built from these fields in
+``lowbit.runtime.config``; no code outside this package tests a family's name.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
+from lowbit.models.families import (
+    gemma,
+    gemma2,
+    gemma3,
+    llama,
+    mistral,
+    mixtral,
+    qwen2,
+    qwen2_moe,
+    qwen3,
+    qwen3_moe,
+)
+from lowbit.models.family import Family
+from lowbit.models.tensors import ROLES, role_of
 from lowbit.util.errors import LowbitError
 
+__all__ = [
+    "ARCHITECTURES",
+    "FAMILIES",
+    "ROLES",
+    "Family",
+    "UnsupportedArchitecture",
+    "family_named",
+    "family_of",
+    "role_of",
+]
 
-@dataclass(frozen=True)
-class Family:
-    name: str
-    model_type: str
-    moe: bool = False
+_MODULES = (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3, mixtral, qwen2_moe, qwen3_moe)
 
-
+# lowbit's name -> family
+FAMILIES: dict[str, Family] = {m.FAMILY.name: m.FAMILY for m in _MODULES}
 # config.json "architectures"[0] -> family
-ARCHITECTURES: dict[str, Family] = {
-    "LlamaForCausalLM": Family("llama", "llama"),
-    "MistralForCausalLM": Family("mistral", "mistral"),
-    "Qwen2ForCausalLM": Family("qwen2", "qwen2"),
-    "Qwen3ForCausalLM": Family("qwen3", "qwen3"),
-    "GemmaForCausalLM": Family("gemma", "gemma"),
-    "Gemma2ForCausalLM": Family("gemma2", "gemma2"),
-    "Gemma3ForCausalLM": Family("gemma3", "gemma3_text"),
-    "MixtralForCausalLM": Family("mixtral", "mixtral", moe=True),
-    "Qwen2MoeForCausalLM": Family("qwen2_moe", "qwen2_moe", moe=True),
-    "Qwen3MoeForCausalLM": Family("qwen3_moe", "qwen3_moe", moe=True),
-}
-
-ROLES = (
-    "embed", "lm_head", "norm",
-    "attn_q", "attn_k", "attn_v", "attn_o", "attn_q_norm", "attn_k_norm",
-    "ffn_gate", "ffn_up", "ffn_down",
-    "router", "expert_gate", "expert_up", "expert_gate_up", "expert_down",
-    "shared_gate", "shared_up", "shared_down", "shared_router",
-    "bias", "other",
-)  # fmt: skip
+ARCHITECTURES: dict[str, Family] = {f.architecture: f for f in FAMILIES.values()}
 
 
 class UnsupportedArchitecture(LowbitError):
@@ -65,47 +92,6 @@ def family_of(config: dict) -> Family:
     )
 
 
-_LAYER = r"model\.layers\.\d+\."
-# (pattern on the full tensor name, role); first match wins. Covers the
-# per-expert names of the Hub's checkpoints (Mixtral's w1/w3/w2, Qwen's
-# gate/up/down) and the fused 3-D expert tensors newer transformers write.
-_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(p), role)
-    for p, role in (
-        (r"\.bias$", "bias"),
-        (r"^(model\.)?embed_tokens\.weight$", "embed"),
-        (r"^lm_head\.weight$", "lm_head"),
-        (r"^model\.norm\.weight$", "norm"),
-        (_LAYER + r"self_attn\.q_proj\.weight$", "attn_q"),
-        (_LAYER + r"self_attn\.k_proj\.weight$", "attn_k"),
-        (_LAYER + r"self_attn\.v_proj\.weight$", "attn_v"),
-        (_LAYER + r"self_attn\.o_proj\.weight$", "attn_o"),
-        (_LAYER + r"self_attn\.q_norm\.weight$", "attn_q_norm"),
-        (_LAYER + r"self_attn\.k_norm\.weight$", "attn_k_norm"),
-        (_LAYER + r"\w*layernorm\.weight$", "norm"),
-        (_LAYER + r"mlp\.gate_proj\.weight$", "ffn_gate"),
-        (_LAYER + r"mlp\.up_proj\.weight$", "ffn_up"),
-        (_LAYER + r"mlp\.down_proj\.weight$", "ffn_down"),
-        (_LAYER + r"(block_sparse_moe|mlp)\.gate\.weight$", "router"),
-        (_LAYER + r"block_sparse_moe\.experts\.\d+\.w1\.weight$", "expert_gate"),
-        (_LAYER + r"block_sparse_moe\.experts\.\d+\.w3\.weight$", "expert_up"),
-        (_LAYER + r"block_sparse_moe\.experts\.\d+\.w2\.weight$", "expert_down"),
-        (_LAYER + r"mlp\.experts\.\d+\.gate_proj\.weight$", "expert_gate"),
-        (_LAYER + r"mlp\.experts\.\d+\.up_proj\.weight$", "expert_up"),
-        (_LAYER + r"mlp\.experts\.\d+\.down_proj\.weight$", "expert_down"),
-        (_LAYER + r"(mlp|block_sparse_moe)\.experts\.gate_up_proj$", "expert_gate_up"),
-        (_LAYER + r"(mlp|block_sparse_moe)\.experts\.down_proj$", "expert_down"),
-        (_LAYER + r"mlp\.shared_expert\.gate_proj\.weight$", "shared_gate"),
-        (_LAYER + r"mlp\.shared_expert\.up_proj\.weight$", "shared_up"),
-        (_LAYER + r"mlp\.shared_expert\.down_proj\.weight$", "shared_down"),
-        (_LAYER + r"mlp\.shared_expert_gate\.weight$", "shared_router"),
-    )
-)
-
-
-def role_of(name: str) -> str:
-    """The role of a tensor from its checkpoint name; ``other`` when none fits."""
-    for pattern, role in _RULES:
-        if pattern.search(name):
-            return role
-    return "other"
+def family_named(name: str) -> Family:
+    """The family lowbit calls ``name`` (as ``Family.name`` and manifests say)."""
+    return FAMILIES[name]
