@@ -305,6 +305,43 @@ def all_cases() -> list[tuple[str, str, str | None]]:
         ]
     )
     add(size_cases("Model.rewind.position", "model().rewind({v})", "position", ok=(0,)))
+    int32 = (0, 2**31 - 1)
+    add(size_cases("WeightKey.layer", "_core.WeightKey(_core.Tensor.Q, {v})", r"\blayer\b", int32))
+    expert = "_core.WeightKey(_core.Tensor.EXPERT_UP, 0, {v})"
+    add(size_cases("WeightKey.expert", expert, r"\bexpert\b", ok=int32))
+    parts_keyed = "c, w, v = parts(); w = {_core.WeightKey.parse(k): x for k, x in w.items()}"
+    add(
+        [
+            ("WeightKey unknown tensor", "_core.WeightKey(_core.Tensor(99), 0)", "tensor"),
+            ("WeightKey.parse unknown", "_core.WeightKey.parse('L3.x')", r"L3\.x"),
+            ("WeightKey.parse huge layer", "_core.WeightKey.parse('L4294967296.q')", "L4294967296"),
+            ("WeightKey.parse not a str", "_core.WeightKey.parse(3)", "parse"),
+            (
+                "WeightKey __eq__ __hash__ __repr__ __str__",
+                "k = _core.WeightKey(_core.Tensor.Q, 3)\n"
+                "assert k == _core.WeightKey.parse('L3.q') and k != 'L3.q'\n"
+                "assert hash(k) == hash(_core.WeightKey.parse('L3.q'))\n"
+                "assert str(k) == 'L3.q' and repr(k) == \"WeightKey('L3.q')\"",
+                None,
+            ),
+            ("Model keyed by WeightKey", parts_keyed + "; _core.Model(c, w, v, 16)", None),
+            (
+                "Model key of another type",
+                "c, w, v = parts(); w[3] = w.pop('L0.q'); _core.Model(c, w, v, 16)",
+                "weight keys",
+            ),
+            (
+                "Model key unknown",
+                "c, w, v = parts(); w['L0.x'] = w['L0.q']; _core.Model(c, w, v, 16)",
+                r"L0\.x",
+            ),
+            (
+                "Model weight missing",
+                parts_keyed + "; del w[_core.WeightKey.parse('L0.q')]; _core.Model(c, w, v, 16)",
+                r"L0\.q: weight is missing",
+            ),
+        ]
+    )
     # --- py_moe.cc
     add(size_cases("gaussian_noise.n", "_core.gaussian_noise({v}, 0, 0)", r"\bn\b", ok=(0,)))
     big = (-1, 2**64, 2**70)

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -28,6 +29,39 @@ struct PyModel {
   std::vector<py::object> keep;  // the Weights whose memory the model reads
 };
 
+// A WeightKey from Python: the key itself, or its printed name ("L3.q").
+WeightKey KeyArg(py::handle key) {
+  if (py::isinstance<WeightKey>(key)) return py::cast<WeightKey>(key);
+  if (!py::isinstance<py::str>(key)) {
+    throw py::type_error("weight keys must be lowbit._core.WeightKey or str, "
+                         "got " + TypeName(key));
+  }
+  const std::string name = py::cast<std::string>(key);
+  const std::optional<WeightKey> parsed = ParseWeightName(name);
+  // Unknown names are refused: the model would silently go without them.
+  if (!parsed) throw py::value_error(name + ": not a weight the model reads");
+  return *parsed;
+}
+
+WeightKey MakeKey(Tensor tensor, const py::object& layer_arg,
+                  const py::object& expert_arg) {
+  constexpr int32_t kMax = std::numeric_limits<int32_t>::max();
+  WeightKey key{IntArg<int32_t>(layer_arg, "layer", -1, kMax), tensor,
+                IntArg<int32_t>(expert_arg, "expert", -1, kMax)};
+  if (FindTensor(tensor) == nullptr) {
+    throw py::value_error("unknown tensor " +
+                          std::to_string(static_cast<int>(tensor)));
+  }
+  if (IsValid(key)) return key;
+  const char* why = "needs a layer and an expert";
+  if (FindTensor(tensor)->scope == TensorScope::kModel) {
+    why = "a whole-model tensor takes no layer or expert";
+  } else if (FindTensor(tensor)->scope == TensorScope::kLayer) {
+    why = "needs a layer and no expert";
+  }
+  throw py::value_error(WeightName(key) + ": " + why);
+}
+
 std::unique_ptr<PyModel> MakeModel(const ModelConfig& config,
                                    const py::dict& weights,
                                    const py::dict& vectors,
@@ -37,25 +71,26 @@ std::unique_ptr<PyModel> MakeModel(const ModelConfig& config,
   auto out = std::make_unique<PyModel>();
   WeightMap wmap;
   for (auto item : weights) {
-    const std::string name = py::cast<std::string>(item.first);
+    const WeightKey key = KeyArg(item.first);
     if (!py::isinstance<PyWeight>(item.second)) {
-      throw py::type_error(name + ": expected a lowbit._core.Weight, got " +
+      throw py::type_error(WeightName(key) +
+                           ": expected a lowbit._core.Weight, got " +
                            TypeName(item.second));
     }
     const PyWeight& w = py::cast<const PyWeight&>(item.second);
-    wmap[name] = w.view;
+    wmap[key] = w.view;
     out->keep.push_back(py::reinterpret_borrow<py::object>(item.second));
   }
   VectorMap vmap;
   for (auto item : vectors) {
-    const std::string name = py::cast<std::string>(item.first);
+    const WeightKey key = KeyArg(item.first);
     auto a = py::cast<py::array_t<float, py::array::c_style |
                                              py::array::forcecast>>(
         item.second);
     if (a.ndim() != 1) {
-      throw py::value_error(name + ": expected a 1-D vector");
+      throw py::value_error(WeightName(key) + ": expected a 1-D vector");
     }
-    vmap[name] = std::vector<float>(a.data(), a.data() + a.size());
+    vmap[key] = std::vector<float>(a.data(), a.data() + a.size());
   }
   try {
     out->model = std::make_unique<Model>(config, std::move(wmap),
@@ -114,6 +149,65 @@ void BindModel(py::module_& m) {
       .value("SILU", Activation::kSilu)
       .value("GELU_TANH", Activation::kGeluTanh);
 
+  py::enum_<Tensor>(m, "Tensor", "The slots of model weights.")
+      .value("EMBED", Tensor::kEmbed)
+      .value("LM_HEAD", Tensor::kLmHead)
+      .value("FINAL_NORM", Tensor::kFinalNorm)
+      .value("ATTN_NORM", Tensor::kAttnNorm)
+      .value("FFN_NORM", Tensor::kFfnNorm)
+      .value("ATTN_POST_NORM", Tensor::kAttnPostNorm)
+      .value("FFN_POST_NORM", Tensor::kFfnPostNorm)
+      .value("Q", Tensor::kQ)
+      .value("K", Tensor::kK)
+      .value("V", Tensor::kV)
+      .value("O", Tensor::kO)
+      .value("Q_NORM", Tensor::kQNorm)
+      .value("K_NORM", Tensor::kKNorm)
+      .value("Q_BIAS", Tensor::kQBias)
+      .value("K_BIAS", Tensor::kKBias)
+      .value("V_BIAS", Tensor::kVBias)
+      .value("GATE", Tensor::kGate)
+      .value("UP", Tensor::kUp)
+      .value("DOWN", Tensor::kDown)
+      .value("ROUTER", Tensor::kRouter)
+      .value("EXPERT_GATE", Tensor::kExpertGate)
+      .value("EXPERT_UP", Tensor::kExpertUp)
+      .value("EXPERT_DOWN", Tensor::kExpertDown)
+      .value("SHARED_GATE", Tensor::kSharedGate)
+      .value("SHARED_UP", Tensor::kSharedUp)
+      .value("SHARED_DOWN", Tensor::kSharedDown)
+      .value("SHARED_ROUTER", Tensor::kSharedRouter);
+
+  py::class_<WeightKey>(m, "WeightKey",
+                        "A model weight's slot: tensor, layer, expert "
+                        "(-1: none).")
+      .def(py::init(&MakeKey), "tensor"_a, "layer"_a = -1, "expert"_a = -1)
+      .def_static(
+          "parse",
+          [](const std::string& name) { return KeyArg(py::str(name)); },
+          "name"_a, "The key printed as `name` (\"L3.q\"); ValueError else.")
+      .def_readonly("layer", &WeightKey::layer)
+      .def_readonly("tensor", &WeightKey::tensor)
+      .def_readonly("expert", &WeightKey::expert)
+      .def_property_readonly("name", &WeightName,
+                             "As errors print it: \"embed\", \"L3.E2.gate\".")
+      .def("__str__", &WeightName)
+      .def("__repr__",
+           [](const WeightKey& k) {
+             return "WeightKey('" + WeightName(k) + "')";
+           })
+      .def("__eq__",
+           [](const WeightKey& a, const py::object& b) -> py::object {
+             if (!py::isinstance<WeightKey>(b)) {
+               return py::reinterpret_borrow<py::object>(Py_NotImplemented);
+             }
+             return py::bool_(a == py::cast<WeightKey>(b));
+           })
+      .def("__hash__", [](const WeightKey& k) {
+        return py::hash(
+            py::make_tuple(k.layer, static_cast<int>(k.tensor), k.expert));
+      });
+
   constexpr size_t kMaxSize = std::numeric_limits<ptrdiff_t>::max();
   py::class_<LayerConfig> layer(m, "LayerConfig");
   layer.def(py::init<>())
@@ -147,7 +241,8 @@ void BindModel(py::module_& m) {
   py::class_<PyModel>(m, "Model", "A transformer over stored weights.")
       .def(py::init(&MakeModel), "config"_a, "weights"_a, "vectors"_a,
            "context"_a, "kv_int8"_a = false,
-           "weights: canonical name -> Weight; vectors: name -> float32 1-D.")
+           "weights: WeightKey (or its name, \"L3.q\") -> Weight; vectors: "
+           "WeightKey (or name) -> float32 1-D.")
       .def("forward", &Forward, "ids"_a, "all_logits"_a = true,
            "Run int32 token ids after the cached ones; float32 logits "
            "[n, vocab] (or [1, vocab] for the last token).")

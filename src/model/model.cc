@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <stdexcept>
 #include <utility>
@@ -111,30 +112,34 @@ Model::Model(ModelConfig config, WeightMap weights, VectorMap vectors,
       CheckedMul(c.kv_heads, c.head_dim, "model config: kv_heads x head_dim");
   if (context == 0) throw std::invalid_argument("context must be positive");
 
-  auto matrix = [&](const std::string& name, size_t rows, size_t cols,
+  auto matrix = [&](const WeightKey& key, size_t rows, size_t cols,
                     bool required) -> WeightView {
-    auto it = weights_.find(name);
+    auto it = weights_.find(key);
     if (it == weights_.end()) {
-      if (required) throw std::invalid_argument(name + ": weight is missing");
+      if (required) {
+        throw std::invalid_argument(WeightName(key) + ": weight is missing");
+      }
       return WeightView();
     }
     const WeightView& w = it->second;
     if ((rows != 0 && w.rows != rows) || w.cols != cols) {
       throw std::invalid_argument(
-          name + ": shape " + Shape(w.rows, w.cols) + ", expected " +
-          Shape(rows, cols) + " from the config");
+          WeightName(key) + ": shape " + Shape(w.rows, w.cols) +
+          ", expected " + Shape(rows, cols) + " from the config");
     }
     return w;
   };
-  auto vector = [&](const std::string& name, size_t len,
+  auto vector = [&](const WeightKey& key, size_t len,
                     bool required) -> const std::vector<float>* {
-    auto it = vectors_.find(name);
+    auto it = vectors_.find(key);
     if (it == vectors_.end()) {
-      if (required) throw std::invalid_argument(name + ": weight is missing");
+      if (required) {
+        throw std::invalid_argument(WeightName(key) + ": weight is missing");
+      }
       return nullptr;
     }
     if (it->second.size() != len) {
-      throw std::invalid_argument(name + ": length " +
+      throw std::invalid_argument(WeightName(key) + ": length " +
                                   std::to_string(it->second.size()) +
                                   ", expected " + std::to_string(len));
     }
@@ -142,13 +147,20 @@ Model::Model(ModelConfig config, WeightMap weights, VectorMap vectors,
   };
 
   const size_t hd = c.head_dim;
-  embed_ = matrix("embed", c.vocab, c.hidden, true);
-  lm_head_ = matrix("lm_head", c.vocab, c.hidden, false);
+  embed_ = matrix({-1, Tensor::kEmbed}, c.vocab, c.hidden, true);
+  lm_head_ = matrix({-1, Tensor::kLmHead}, c.vocab, c.hidden, false);
   if (lm_head_.empty()) lm_head_ = embed_;  // tied embeddings
-  final_norm_ = vector("final_norm", c.hidden, true);
+  final_norm_ = vector({-1, Tensor::kFinalNorm}, c.hidden, true);
 
+  // Layer and expert indices are int32 in a WeightKey.
+  constexpr size_t kMaxIndex = std::numeric_limits<int32_t>::max();
+  if (c.layers.size() > kMaxIndex) {
+    throw std::invalid_argument("model config: too many layers");
+  }
   for (size_t l = 0; l < c.layers.size(); ++l) {
+    const int32_t li = static_cast<int32_t>(l);
     const std::string p = "L" + std::to_string(l) + ".";
+    auto key = [li](Tensor t) { return WeightKey{li, t}; };
     const LayerConfig& lc = c.layers[l];
     if (lc.inv_freq.size() != hd / 2) {
       throw std::invalid_argument(p + "inv_freq: length " +
@@ -156,29 +168,33 @@ Model::Model(ModelConfig config, WeightMap weights, VectorMap vectors,
                                   ", expected head_dim / 2");
     }
     Layer layer;
-    layer.q = matrix(p + "q", q_rows, c.hidden, true);
-    layer.k = matrix(p + "k", kv_rows, c.hidden, true);
-    layer.v = matrix(p + "v", kv_rows, c.hidden, true);
-    layer.o = matrix(p + "o", c.hidden, q_rows, true);
-    layer.attn_norm = vector(p + "attn_norm", c.hidden, true);
-    layer.ffn_norm = vector(p + "ffn_norm", c.hidden, true);
-    layer.attn_post_norm = vector(p + "attn_post_norm", c.hidden, false);
-    layer.ffn_post_norm = vector(p + "ffn_post_norm", c.hidden, false);
-    layer.q_norm = vector(p + "q_norm", hd, false);
-    layer.k_norm = vector(p + "k_norm", hd, false);
-    layer.q_bias = vector(p + "q_bias", q_rows, false);
-    layer.k_bias = vector(p + "k_bias", kv_rows, false);
-    layer.v_bias = vector(p + "v_bias", kv_rows, false);
+    layer.q = matrix(key(Tensor::kQ), q_rows, c.hidden, true);
+    layer.k = matrix(key(Tensor::kK), kv_rows, c.hidden, true);
+    layer.v = matrix(key(Tensor::kV), kv_rows, c.hidden, true);
+    layer.o = matrix(key(Tensor::kO), c.hidden, q_rows, true);
+    layer.attn_norm = vector(key(Tensor::kAttnNorm), c.hidden, true);
+    layer.ffn_norm = vector(key(Tensor::kFfnNorm), c.hidden, true);
+    layer.attn_post_norm =
+        vector(key(Tensor::kAttnPostNorm), c.hidden, false);
+    layer.ffn_post_norm = vector(key(Tensor::kFfnPostNorm), c.hidden, false);
+    layer.q_norm = vector(key(Tensor::kQNorm), hd, false);
+    layer.k_norm = vector(key(Tensor::kKNorm), hd, false);
+    layer.q_bias = vector(key(Tensor::kQBias), q_rows, false);
+    layer.k_bias = vector(key(Tensor::kKBias), kv_rows, false);
+    layer.v_bias = vector(key(Tensor::kVBias), kv_rows, false);
 
-    layer.router = matrix(p + "router", 0, c.hidden, false);
+    layer.router = matrix(key(Tensor::kRouter), 0, c.hidden, false);
     if (layer.router.empty()) {
-      layer.gate = matrix(p + "gate", 0, c.hidden, true);
+      layer.gate = matrix(key(Tensor::kGate), 0, c.hidden, true);
       const size_t inter = layer.gate.rows;
-      layer.up = matrix(p + "up", inter, c.hidden, true);
-      layer.down = matrix(p + "down", c.hidden, inter, true);
+      layer.up = matrix(key(Tensor::kUp), inter, c.hidden, true);
+      layer.down = matrix(key(Tensor::kDown), c.hidden, inter, true);
       layer.ffn_width = inter;
     } else {
       const size_t experts = layer.router.rows;
+      if (experts > kMaxIndex) {
+        throw std::invalid_argument(p + "router: too many experts");
+      }
       if (c.experts_per_token == 0 || c.experts_per_token > experts) {
         throw std::invalid_argument(
             p + "router: experts per token (" +
@@ -186,19 +202,28 @@ Model::Model(ModelConfig config, WeightMap weights, VectorMap vectors,
             std::to_string(experts) + "]");
       }
       for (size_t e = 0; e < experts; ++e) {
-        const std::string pe = p + "E" + std::to_string(e) + ".";
-        layer.e_gate.push_back(matrix(pe + "gate", 0, c.hidden, true));
+        auto expert = [li, e](Tensor t) {
+          return WeightKey{li, t, static_cast<int32_t>(e)};
+        };
+        layer.e_gate.push_back(
+            matrix(expert(Tensor::kExpertGate), 0, c.hidden, true));
         const size_t inter = layer.e_gate.back().rows;
-        layer.e_up.push_back(matrix(pe + "up", inter, c.hidden, true));
-        layer.e_down.push_back(matrix(pe + "down", c.hidden, inter, true));
+        layer.e_up.push_back(
+            matrix(expert(Tensor::kExpertUp), inter, c.hidden, true));
+        layer.e_down.push_back(
+            matrix(expert(Tensor::kExpertDown), c.hidden, inter, true));
         layer.ffn_width = std::max(layer.ffn_width, inter);
       }
-      layer.shared_gate = matrix(p + "shared_gate", 0, c.hidden, false);
+      layer.shared_gate =
+          matrix(key(Tensor::kSharedGate), 0, c.hidden, false);
       if (!layer.shared_gate.empty()) {
         const size_t inter = layer.shared_gate.rows;
-        layer.shared_up = matrix(p + "shared_up", inter, c.hidden, true);
-        layer.shared_down = matrix(p + "shared_down", c.hidden, inter, true);
-        layer.shared_router = matrix(p + "shared_router", 1, c.hidden, false);
+        layer.shared_up =
+            matrix(key(Tensor::kSharedUp), inter, c.hidden, true);
+        layer.shared_down =
+            matrix(key(Tensor::kSharedDown), c.hidden, inter, true);
+        layer.shared_router =
+            matrix(key(Tensor::kSharedRouter), 1, c.hidden, false);
         layer.ffn_width = std::max(layer.ffn_width, inter);
       }
     }

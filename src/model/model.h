@@ -1,9 +1,10 @@
 // A decoder-only transformer over stored (memory-mapped, usually quantized)
 // weights: the forward pass of every family lowbit supports, with a KV cache.
 //
-// The Python side (python/lowbit/runtime.py) reads config.json and maps the
-// checkpoint's tensor names onto the canonical names below; this class knows
-// no family by name, only the features a family switches on.
+// The Python side (python/lowbit/runtime/config.py) reads config.json and
+// maps the checkpoint's tensor names onto the slots of model/weight_key.h;
+// this class knows no family by name, only the features a family switches
+// on.
 #ifndef LOWBIT_MODEL_MODEL_H_
 #define LOWBIT_MODEL_MODEL_H_
 
@@ -16,6 +17,7 @@
 
 #include "matmul/matmul.h"
 #include "model/kv_cache.h"
+#include "model/weight_key.h"
 #include "ops/ops.h"
 
 namespace lowbit {
@@ -43,15 +45,10 @@ struct ModelConfig {
   std::vector<LayerConfig> layers;
 };
 
-// Canonical weight names. Matrices: "embed", "lm_head" (absent when tied),
-// and per layer i "L<i>.q", ".k", ".v", ".o", ".gate", ".up", ".down",
-// ".router", ".E<e>.gate", ".E<e>.up", ".E<e>.down", ".shared_gate",
-// ".shared_up", ".shared_down", ".shared_router". Vectors (float32):
-// "final_norm", and per layer ".attn_norm", ".ffn_norm", ".attn_post_norm",
-// ".ffn_post_norm", ".q_norm", ".k_norm", ".q_bias", ".k_bias", ".v_bias".
-// Norm vectors already hold Gemma's 1 + w.
-using WeightMap = std::map<std::string, WeightView>;
-using VectorMap = std::map<std::string, std::vector<float>>;
+// Weights by slot (model/weight_key.h): matrices in one map, float32
+// vectors in the other. Keys the model does not read are ignored.
+using WeightMap = std::map<WeightKey, WeightView>;
+using VectorMap = std::map<WeightKey, std::vector<float>>;
 
 class Model {
  public:

@@ -1,3 +1,4 @@
-"""Layer 2: what a model family is. The family registry (names, roles and traits of
-every architecture lowbit supports), config.json read once into a typed config, rotary
+"""Layer 2: what a model family is. The family registry (one module per architecture
+lowbit supports, with its traits), the tensor vocabulary (each checkpoint tensor's
+role and its slot in the core), config.json read once into a typed config, rotary
 frequencies, and the tokenizer of a model directory."""

@@ -44,7 +44,9 @@ from lowbit.eval.text import (
 from lowbit.eval.validate import LogitComparison
 from lowbit.formats.safetensors import Checkpoint, StreamingWriter, TensorSpec, refuse_custom_code
 from lowbit.models.config import check_layers, read_config
-from lowbit.models.families import UnsupportedArchitecture, family_of
+from lowbit.models.families import FAMILIES, UnsupportedArchitecture, family_of
+from lowbit.models.family import Family
+from lowbit.models.tensors import DENSE_FFN, SHARED_EXPERT, SHARED_EXPERT_GATE
 from lowbit.models.tokenizer import TOKENIZER_FILE, Tokenizer
 from lowbit.moe.split import SplitLayer, split_model, topk_mask
 from lowbit.util.errors import LowbitError
@@ -77,40 +79,35 @@ class Target:
     expert: str  # {l}, {e}, {p} = gate|up|down
     proj: dict[str, str]  # gate/up/down -> the layout's projection name
     shared: bool  # the layout has a (sigmoid-gated) shared expert
+    attention_bias: bool = False  # the layout has q/k/v biases
 
 
-_MIXTRAL = Target(
-    "MixtralForCausalLM",
-    "MixtralConfig",
-    "model.layers.{l}.block_sparse_moe.gate.weight",
-    "model.layers.{l}.block_sparse_moe.experts.{e}.{p}.weight",
-    {"gate": "w1", "up": "w3", "down": "w2"},
-    shared=False,
-)
-_QWEN_PROJ = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+def _target(moe: Family) -> Target:
+    """The layout of MoE family ``moe`` (lowbit.models.families) as upcycling writes it."""
+    layout = moe.moe_layout
+    assert layout is not None, moe.name
+    # The shared expert's names are the vocabulary's (_SHARED below), Qwen2-MoE's.
+    assert layout.shared_expert in (None, SHARED_EXPERT), moe.name
+    proj = dict(zip(("gate", "up", "down"), layout.projections, strict=True))
+    shared = layout.shared_expert is not None
+    return Target(
+        moe.architecture,
+        layout.config_class,
+        layout.router,
+        layout.expert,
+        proj,
+        shared,
+        layout.attention_bias,
+    )
+
+
+# Dense family -> the MoE layout it upcycles into, in the registry's order.
 TARGETS: dict[str, Target] = {
-    "llama": _MIXTRAL,
-    "mistral": _MIXTRAL,
-    "qwen2": Target(
-        "Qwen2MoeForCausalLM",
-        "Qwen2MoeConfig",
-        "model.layers.{l}.mlp.gate.weight",
-        "model.layers.{l}.mlp.experts.{e}.{p}.weight",
-        _QWEN_PROJ,
-        shared=True,
-    ),
-    "qwen3": Target(
-        "Qwen3MoeForCausalLM",
-        "Qwen3MoeConfig",
-        "model.layers.{l}.mlp.gate.weight",
-        "model.layers.{l}.mlp.experts.{e}.{p}.weight",
-        _QWEN_PROJ,
-        shared=False,
-    ),
+    f.name: _target(FAMILIES[f.upcycles_to]) for f in FAMILIES.values() if f.upcycles_to
 }
-_SHARED = "model.layers.{l}.mlp.shared_expert.{p}.weight"
-_SHARED_GATE = "model.layers.{l}.mlp.shared_expert_gate.weight"
-_DENSE = "model.layers.{l}.mlp.{p}_proj.weight"
+_SHARED = SHARED_EXPERT
+_SHARED_GATE = SHARED_EXPERT_GATE
+_DENSE = DENSE_FFN
 
 
 @dataclass
@@ -163,7 +160,7 @@ def _check_args(
             f"supported bases: {', '.join(TARGETS)}"
         )
     if config.get("mlp_bias") or (
-        family.name in ("llama", "mistral") and config.get("attention_bias")
+        not TARGETS[family.name].attention_bias and config.get("attention_bias")
     ):
         raise UpcycleError(
             f"{family.name} with biases has no Mixtral counterpart (Mixtral has none)"

@@ -1,29 +1,26 @@
 """What the forward pass needs from config.json: dimensions, the features each
-family switches on, and the canonical name of every checkpoint tensor.
+family switches on, and where every checkpoint tensor goes in the core.
 
 The C++ model knows no family by name (src/model/model.h); this module turns
-a family's config into switches (norm form, activation, scaling, windows,
-rope per layer, routing) and its tensor names into the core's names.
+a family's traits (``lowbit.models.families``) and config into switches (norm
+form, activation, scaling, windows, rope per layer, routing), and its tensor
+names (``lowbit.models.tensors``) into the core's weight keys.
 """
 
 from __future__ import annotations
 
 import math
-import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from lowbit import _core
 from lowbit.models.config import head_dim as model_head_dim
-from lowbit.models.families import family_of
+from lowbit.models.families import Family, family_named, family_of
 from lowbit.models.rope import inv_freq, rope_parameters
+from lowbit.models.tensors import TensorKind, match
 from lowbit.util.errors import LowbitError
-
-# Families whose RMSNorm multiplies by (1 + w) and whose embeddings are scaled
-# by sqrt(hidden); Gemma 2 and 3 also norm the outputs of attention and FFN.
-GEMMA = ("gemma", "gemma2", "gemma3")
-POST_NORMS = ("gemma2", "gemma3")
 
 _ACTIVATIONS = {
     "silu": _core.Activation.SILU,
@@ -32,17 +29,14 @@ _ACTIVATIONS = {
     "gelu_tanh": _core.Activation.GELU_TANH,
 }
 
-# Checkpoint tensors the forward pass does not read (precomputed buffers).
-IGNORED = re.compile(r"rotary_emb\.inv_freq$")
-
 
 class RuntimeConfigError(LowbitError):
     """config.json describes something the runtime cannot run."""
 
 
-def _activation(config: dict[str, Any], family: str) -> _core.Activation:
-    name = config.get("hidden_activation") or config.get("hidden_act") or "silu"
-    if family in GEMMA and name == "gelu":
+def _activation(config: dict[str, Any], family: Family) -> _core.Activation:
+    name = config.get("hidden_activation") or config.get("hidden_act") or family.activation
+    if family.gelu_is_tanh and name == "gelu":
         # Gemma's reference code always used the tanh approximation.
         name = "gelu_pytorch_tanh"
     if name not in _ACTIVATIONS:
@@ -69,7 +63,7 @@ def layer_types(config: dict[str, Any]) -> list[str]:
 
 def core_config(config: dict[str, Any]) -> _core.ModelConfig:
     """The core's ModelConfig from config.json contents."""
-    family = family_of(config).name
+    family = family_of(config)
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
     head_dim = model_head_dim(config)
@@ -81,16 +75,17 @@ def core_config(config: dict[str, Any]) -> _core.ModelConfig:
     c.vocab = int(config["vocab_size"])
     c.rms_eps = float(config.get("rms_norm_eps") or 1e-6)
     c.activation = _activation(config, family)
-    if family in GEMMA:
+    if family.embed_scale:
         # HF multiplies by the normaliser rounded to the hidden states' dtype.
         c.embed_scale = float(np.float32(math.sqrt(hidden)))
-    scalar = config.get("query_pre_attn_scalar") if family in POST_NORMS else None
+    scalar = config.get("query_pre_attn_scalar") if family.query_pre_attn_scalar else None
     c.attn_scale = float(scalar) ** -0.5 if scalar else head_dim**-0.5
     c.attn_softcap = float(config.get("attn_logit_softcapping") or 0.0)
     c.final_softcap = float(config.get("final_logit_softcapping") or 0.0)
     c.experts_per_token = int(config.get("num_experts_per_tok") or 0)
     # Mixtral always renormalises its top-k weights; Qwen's MoE models say.
-    c.norm_topk_prob = family == "mixtral" or bool(config.get("norm_topk_prob", False))
+    fixed = family.norm_topk_prob
+    c.norm_topk_prob = bool(config.get("norm_topk_prob", False)) if fixed is None else fixed
     window = int(config.get("sliding_window") or 0)
     layers = []
     for i, kind in enumerate(layer_types(config)):
@@ -106,63 +101,60 @@ def core_config(config: dict[str, Any]) -> _core.ModelConfig:
     return c
 
 
-_LAYER = r"^model\.layers\.(?P<layer>\d+)\."
-_MOE = r"(?:block_sparse_moe|mlp)\."
-# (pattern, canonical name with {layer} and {expert}); first match wins.
-_NAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(p), name)
-    for p, name in (
-        (r"^model\.embed_tokens\.weight$", "embed"),
-        (r"^lm_head\.weight$", "lm_head"),
-        (r"^model\.norm\.weight$", "final_norm"),
-        (_LAYER + r"input_layernorm\.weight$", "L{layer}.attn_norm"),
-        (_LAYER + r"pre_feedforward_layernorm\.weight$", "L{layer}.ffn_norm"),
-        (_LAYER + r"post_feedforward_layernorm\.weight$", "L{layer}.ffn_post_norm"),
-        (_LAYER + r"post_attention_layernorm\.weight$", "L{layer}.post_attention"),
-        (_LAYER + r"self_attn\.(?P<p>[qkvo])_proj\.weight$", "L{layer}.{p}"),
-        (_LAYER + r"self_attn\.(?P<p>[qkv])_proj\.bias$", "L{layer}.{p}_bias"),
-        (_LAYER + r"self_attn\.(?P<p>[qk])_norm\.weight$", "L{layer}.{p}_norm"),
-        (_LAYER + r"mlp\.(?P<p>gate|up|down)_proj\.weight$", "L{layer}.{p}"),
-        (_LAYER + _MOE + r"gate\.weight$", "L{layer}.router"),
-        (_LAYER + r"block_sparse_moe\.experts\.(?P<e>\d+)\.w1\.weight$", "L{layer}.E{e}.gate"),
-        (_LAYER + r"block_sparse_moe\.experts\.(?P<e>\d+)\.w3\.weight$", "L{layer}.E{e}.up"),
-        (_LAYER + r"block_sparse_moe\.experts\.(?P<e>\d+)\.w2\.weight$", "L{layer}.E{e}.down"),
-        (
-            _LAYER + r"mlp\.experts\.(?P<e>\d+)\.(?P<p>gate|up|down)_proj\.weight$",
-            "L{layer}.E{e}.{p}",
-        ),
-        (_LAYER + _MOE + r"experts\.gate_up_proj$", "L{layer}.experts_gate_up"),
-        (_LAYER + _MOE + r"experts\.down_proj$", "L{layer}.experts_down"),
-        (
-            _LAYER + r"mlp\.shared_expert\.(?P<p>gate|up|down)_proj\.weight$",
-            "L{layer}.shared_{p}",
-        ),
-        (_LAYER + r"mlp\.shared_expert_gate\.weight$", "L{layer}.shared_router"),
-    )
-)
+@dataclass(frozen=True)
+class CoreTensor:
+    """Where one checkpoint tensor goes in the core."""
+
+    kind: TensorKind
+    name: str  # the core's name, as its errors print it: "L3.q", "L3.E2.gate"
+    key: _core.WeightKey | None  # None for a fused expert stack
+    layer: int
+
+    def expert_keys(self, expert: int) -> list[_core.WeightKey]:
+        """A fused stack's per-expert keys, in the order its rows hold them."""
+        return [_core.WeightKey(_tensor(s), self.layer, expert) for s in self.kind.fused]
 
 
-def canonical_name(name: str, family: str) -> str | None:
+def _tensor(slot: str) -> _core.Tensor:
+    return getattr(_core.Tensor, slot)
+
+
+def _family(family: Family | str) -> Family:
+    return family if isinstance(family, Family) else family_named(family)
+
+
+def core_tensor(name: str, family: Family | str) -> CoreTensor | None:
+    """Where checkpoint tensor ``name`` goes; None for buffers the forward pass
+    does not read; RuntimeConfigError for a name the runtime has no place for."""
+    m = match(name)
+    if m is not None and m.kind.ignored:
+        return None
+    if m is None or (m.kind.slot is None and not m.kind.fused):
+        raise RuntimeConfigError(f"tensor {name!r}: the runtime does not know where it goes")
+    layer = -1 if m.layer is None else m.layer
+    if m.kind.fused:
+        return CoreTensor(m.kind, f"L{layer}.{m.kind.name}", None, layer)
+    slot = m.kind.slot
+    if _family(family).post_norms and m.kind.post_norm_slot:
+        slot = m.kind.post_norm_slot
+    assert slot is not None
+    try:
+        key = _core.WeightKey(_tensor(slot), layer, -1 if m.expert is None else m.expert)
+    except ValueError as e:  # an index past the core's int32
+        raise RuntimeConfigError(f"tensor {name!r}: {e}") from None
+    return CoreTensor(m.kind, key.name, key, layer)
+
+
+def canonical_name(name: str, family: Family | str) -> str | None:
     """The core's name for checkpoint tensor ``name``; None for ignored buffers.
 
     ``L<i>.experts_gate_up`` and ``L<i>.experts_down`` are the fused 3-D
     expert tensors, which the loader splits per expert.
     """
-    if IGNORED.search(name):
-        return None
-    for pattern, template in _NAMES:
-        m = pattern.search(name)
-        if m:
-            out = template.format(**m.groupdict())
-            if out.endswith(".post_attention"):
-                # Llama's "post attention" norm is the FFN's input norm;
-                # Gemma 2/3 apply it to the attention output.
-                suffix = "attn_post_norm" if family in POST_NORMS else "ffn_norm"
-                out = out[: -len("post_attention")] + suffix
-            return out
-    raise RuntimeConfigError(f"tensor {name!r}: the runtime does not know where it goes")
+    place = core_tensor(name, family)
+    return None if place is None else place.name
 
 
-def norm_plus_one(family: str) -> bool:
+def norm_plus_one(family: Family | str) -> bool:
     """Whether the family's norm weights w act as (1 + w)."""
-    return family in GEMMA
+    return _family(family).norm_plus_one

@@ -29,7 +29,7 @@ from lowbit.models.families import family_of
 from lowbit.models.tokenizer import TOKENIZER_FILE, Tokenizer, TokenizerError
 from lowbit.quant.dtypes import cast
 from lowbit.quant.quantize import QuantizedTensor
-from lowbit.runtime.config import canonical_name, core_config, norm_plus_one
+from lowbit.runtime.config import CoreTensor, core_config, core_tensor, norm_plus_one
 from lowbit.runtime.sampling import SamplingParams, sample
 from lowbit.util.errors import (
     ArgumentError,
@@ -139,22 +139,24 @@ class Model:
         self.tokenizer = Tokenizer(path) if (path / TOKENIZER_FILE).is_file() else None
         self.eos_token_ids = _eos_ids(path, self.config)
 
-    def _read_weights(self) -> tuple[dict[str, _core.Weight], dict[str, np.ndarray]]:
+    def _read_weights(
+        self,
+    ) -> tuple[dict[_core.WeightKey, _core.Weight], dict[_core.WeightKey, np.ndarray]]:
         try:
             # Only the files the manifest lists (and inspect checked), never
             # the index: what --verify hashed is all that is read.
             ck = Checkpoint(self.path, files=[f["name"] for f in self.manifest["files"]])
         except CheckpointError as e:
             raise ModelLoadError(str(e)) from None
-        weights: dict[str, _core.Weight] = {}
-        vectors: dict[str, np.ndarray] = {}
+        weights: dict[_core.WeightKey, _core.Weight] = {}
+        vectors: dict[_core.WeightKey, np.ndarray] = {}
         plus_one = norm_plus_one(self.family)
         for w in self.manifest["weights"]:
-            canon = canonical_name(w["name"], self.family)
-            if canon is None:
+            place = core_tensor(w["name"], self.family)
+            if place is None:
                 continue
             try:
-                self._read_weight(ck, w, canon, plus_one, weights, vectors)
+                self._read_weight(ck, w, place, plus_one, weights, vectors)
             except LowbitError:
                 raise
             except ValueError as e:
@@ -167,23 +169,24 @@ class Model:
     def _read_weight(
         ck: Checkpoint,
         w: dict[str, Any],
-        canon: str,
+        place: CoreTensor,
         plus_one: bool,
-        weights: dict[str, _core.Weight],
-        vectors: dict[str, np.ndarray],
+        weights: dict[_core.WeightKey, _core.Weight],
+        vectors: dict[_core.WeightKey, np.ndarray],
     ) -> None:
         name, shape = w["name"], tuple(w["shape"])
         if len(shape) == 1:
             v = cast(ck.get(w["stored"]["values"]), np.float32, name)
-            if plus_one and canon.endswith("norm"):
+            if plus_one and place.kind.is_norm:
                 v = (np.float32(1.0) + v).astype(np.float32)
-            vectors[canon] = v
+            if place.key is not None:  # (a 1-D fused stack: nothing the core reads)
+                vectors[place.key] = v
             return
         qt = stored_tensor(ck, w)
-        if len(shape) == 3:
-            _split_experts(canon, qt, shape, weights)
-        else:
-            weights[canon] = qt.weight(name)
+        if len(shape) == 3 and place.key is None:
+            _split_experts(place, qt, shape, weights)
+        elif place.key is not None:
+            weights[place.key] = qt.weight(name)
 
     # ------------------------------------------------------------ running
 
@@ -397,17 +400,21 @@ def _eos_ids(path: Path, config: dict[str, Any]) -> set[int]:
 
 
 def _split_experts(
-    canon: str, qt: QuantizedTensor, shape: tuple[int, ...], out: dict[str, _core.Weight]
+    place: CoreTensor,
+    qt: QuantizedTensor,
+    shape: tuple[int, ...],
+    out: dict[_core.WeightKey, _core.Weight],
 ) -> None:
     """Per-expert matrices from a fused [experts, rows, cols] tensor (gate and
     up stacked in the rows of ``gate_up``, gate first)."""
     experts, rows = shape[0], shape[1]
-    prefix, kind = canon.rsplit(".", 1)
     for e in range(experts):
         part = qt.rows(e * rows, (e + 1) * rows)
-        if kind == "experts_gate_up":
-            half = rows // 2
-            out[f"{prefix}.E{e}.gate"] = part.rows(0, half).weight(f"{canon}[{e}] gate")
-            out[f"{prefix}.E{e}.up"] = part.rows(half, rows).weight(f"{canon}[{e}] up")
-        else:
-            out[f"{prefix}.E{e}.down"] = part.weight(f"{canon}[{e}]")
+        keys = place.expert_keys(e)
+        if len(keys) == 1:
+            out[keys[0]] = part.weight(f"{place.name}[{e}]")
+            continue
+        for j, key in enumerate(keys):
+            lo, hi = j * rows // len(keys), (j + 1) * rows // len(keys)
+            label = key.name.rsplit(".", 1)[1]  # gate, up
+            out[key] = part.rows(lo, hi).weight(f"{place.name}[{e}] {label}")

@@ -1,0 +1,5 @@
+"""Mistral: Llama's layout with sliding-window attention (read from config.json)."""
+
+from lowbit.models.family import Family
+
+FAMILY = Family("mistral", "MistralForCausalLM", "mistral", upcycles_to="mixtral")
