@@ -5,10 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-
+from lowbit.formats.manifest import WeightEntry
 from lowbit.formats.safetensors import Checkpoint, TensorSpec
 from lowbit.quant.dtypes import named
 from lowbit.quant.quantize import QuantizedTensor
@@ -25,17 +22,13 @@ def stored_specs(
     ]
 
 
-def stored_tensor(ck: Checkpoint, w: dict[str, Any]) -> QuantizedTensor:
+def stored_tensor(ck: Checkpoint, w: WeightEntry) -> QuantizedTensor:
     """One manifest weight as stored, 3-D expert stacks flattened to rows."""
-    stored = w["stored"]
-    shape = tuple(w["shape"])
-    rows = int(np.prod(shape[:-1]))
-    cols = shape[-1]
-    values = ck.get(stored["values"])
-    if "scales" not in stored:
-        return QuantizedTensor(w["scheme"], (rows, cols), values.reshape(rows, cols))
-    scales = ck.get(stored["scales"])
-    zeros = ck.get(stored["zeros"]) if "zeros" in stored else None
-    return QuantizedTensor(
-        w["scheme"], (rows, cols), values, scales, zeros, w["group_size"], w["method"]
-    )
+    stored = w.stored
+    rows, cols = w.matrix_shape
+    values = ck.get(stored.values)
+    if stored.scales is None:  # float values, stored as they are
+        return QuantizedTensor(w.scheme, (rows, cols), values.reshape(rows, cols))
+    scales = ck.get(stored.scales)
+    zeros = ck.get(stored.zeros) if stored.zeros is not None else None
+    return QuantizedTensor(w.scheme, (rows, cols), values, scales, zeros, w.group_size, w.method)
