@@ -191,3 +191,25 @@ def test_inspect_finds_damage(tiny_checkpoint, tmp_path, capsys):
     assert main(["inspect", str(out), "--quiet"]) == 1
     assert "bytes, manifest says" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "nothing")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("preset", "rules"),
+    [("q4", ()), ("bits2", ()), ("f16", ()), ("q8", (r"mlp=uint4:16:mse", "embed=bf16"))],
+)
+def test_the_manifest_round_trips_through_its_records(preset, rules, tiny_checkpoint, tmp_path):
+    """The manifest written is the records' JSON: read back into WeightEntry and
+    FileEntry records and written out again, it is the same text (float values
+    alone, codes and scales, codes, scales and zeros; several shards)."""
+    from lowbit.formats.manifest import Manifest, WeightEntry, read
+
+    src = tiny_checkpoint("qwen2_moe", "float32")
+    out = tmp_path / "out"
+    convert(src, out, preset=preset, rules=list(rules), progress=False, max_shard_bytes=20_000)
+    text = (out / "manifest.json").read_text()
+    document = json.loads(text)
+    for w in document["weights"]:
+        assert WeightEntry.from_dict(w).as_dict() == w
+    manifest = read(out)
+    assert json.dumps(manifest.as_dict(), indent=1) == text
+    assert json.dumps(Manifest.from_dict(document).as_dict(), indent=1) == text

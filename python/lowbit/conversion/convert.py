@@ -9,24 +9,36 @@ interrupted run never leaves a directory that looks complete.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
-import math
 import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
 from lowbit._version import __version__
 from lowbit.formats.gguf import import_gguf, is_gguf
+from lowbit.formats.jobs import SafetensorsOutput
 from lowbit.formats.layout import stored_specs
-from lowbit.formats.manifest import FORMAT_VERSION, MANIFEST_FILE, PACKING, describe_model, validate
+from lowbit.formats.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    PACKING,
+    FileEntry,
+    StoredNames,
+    WeightEntry,
+    WeightInfo,
+    describe_model,
+    validate,
+)
 from lowbit.formats.npz import (
     NPZ_FILE,
     NPZ_FORMAT_VERSION,
@@ -37,7 +49,7 @@ from lowbit.formats.npz import (
     unpacked_arrays,
 )
 from lowbit.formats.npz import weight_entry as npz_weight_entry
-from lowbit.formats.safetensors import Checkpoint, CheckpointError, StreamingWriter, TensorSpec
+from lowbit.formats.safetensors import Checkpoint, CheckpointError, TensorSpec
 from lowbit.models.config import check_layers, read_config
 from lowbit.quant.dtypes import FLOAT_SCHEME_DTYPES, cast
 from lowbit.quant.quantize import QuantizedTensor, quantize
@@ -73,36 +85,27 @@ class ConvertSummary:
         return self.__dict__.copy()
 
 
-def _stored_specs(plan: TensorPlan) -> list[TensorSpec]:
-    return stored_specs(plan.name, plan.shape, plan.choice.scheme, plan.choice.group_size)
-
-
-def _shards(plans: list[TensorPlan], max_bytes: int) -> list[list[TensorPlan]]:
-    """Consecutive weights grouped into files of at most ``max_bytes`` (one weight never split)."""
-    shards: list[list[TensorPlan]] = [[]]
-    size = 0
-    for p in plans:
-        n = sum(s.nbytes for s in _stored_specs(p))
-        if shards[-1] and size + n > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(p)
-        size += n
-    return shards
-
-
 def _read(ck: Checkpoint, plan: TensorPlan) -> np.ndarray:
     """A tensor to convert; matrices must be stored as float32, float16 or bfloat16."""
     return ck.get_float(plan.name) if len(plan.shape) >= 2 else ck.get(plan.name)
 
 
-def _encode(plan: TensorPlan, x: np.ndarray) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """Quantize one weight: its stored arrays and its manifest entry (without ``stored``)."""
+@dataclass(frozen=True)
+class EncodedWeight:
+    """One weight converted: its arrays as its scheme stores them (values, or
+    codes, scales and zeros) and what every format records of it."""
+
+    info: WeightInfo
+    arrays: tuple[np.ndarray, ...]
+
+
+def _encode(plan: TensorPlan, x: np.ndarray) -> EncodedWeight:
+    """Quantize one weight (a float scheme casts it)."""
     s = get_scheme(plan.choice.scheme)
     flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x)
     if s.is_float:
         values = cast(x, FLOAT_SCHEME_DTYPES[s.name], plan.name)
-        arrays = [values]
+        arrays: tuple[np.ndarray, ...] = (values,)
         qt = QuantizedTensor(s.name, flat.shape, values.reshape(flat.shape))
     else:
         qt = quantize(
@@ -112,63 +115,150 @@ def _encode(plan: TensorPlan, x: np.ndarray) -> tuple[list[np.ndarray], dict[str
             method=plan.choice.method,
             name=plan.name,
         )
-        arrays = [a for a in (qt.codes, qt.scales, qt.zeros) if a is not None]
+        arrays = tuple(a for a in (qt.codes, qt.scales, qt.zeros) if a is not None)
     err = qt.relative_error(flat, plan.name) if flat.size else 0.0
-    entry = {
-        "name": plan.name,
-        "shape": list(plan.shape),
-        "source_dtype": str(x.dtype),
-        "role": plan.role,
-        "scheme": s.name,
-        "bits": s.bits,
-        "group_size": plan.choice.group_size,
-        "method": plan.choice.method,
-        "bits_per_weight": qt.bits_per_weight,
-        "rel_error": err,
-        "fallback": plan.fallback,
-    }
-    return arrays, entry
-
-
-def _write_weights(
-    ck: Checkpoint,
-    plans: list[TensorPlan],
-    partial: Path,
-    max_shard_bytes: int,
-    progress: bool | None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Quantize and write every tensor into ``partial``: (manifest weights, files)."""
-    shards = _shards(plans, max_shard_bytes)
-    names = (
-        ["model.safetensors"]
-        if len(shards) == 1
-        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    info = WeightInfo(
+        name=plan.name,
+        shape=tuple(plan.shape),
+        source_dtype=str(x.dtype),
+        role=plan.role,
+        scheme=s.name,
+        bits=s.bits,
+        group_size=plan.choice.group_size,
+        method=plan.choice.method,
+        bits_per_weight=qt.bits_per_weight,
+        rel_error=err,
+        fallback=plan.fallback,
     )
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=len(plans), unit="tensor", disable=not show, desc="convert")
-    weights, files, weight_map = [], [], {}
-    for fname, shard in zip(names, shards, strict=True):
-        specs = [s for p in shard for s in _stored_specs(p)]
-        with StreamingWriter(partial / fname, specs, {"format": "lowbit"}) as w:
-            for p in shard:
-                arrays, entry = _encode(p, _read(ck, p))
-                stored = _stored_specs(p)
-                for spec, arr in zip(stored, arrays, strict=True):
-                    w.write(spec.name, arr.reshape(spec.shape))
-                    weight_map[spec.name] = fname
-                keys = ("values",) if len(stored) == 1 else ("values", "scales", "zeros")
-                entry["stored"] = {
-                    "file": fname,
-                    **{k: s.name for k, s in zip(keys, stored, strict=False)},
-                }
-                weights.append(entry)
+    return EncodedWeight(info, arrays)
+
+
+@dataclass(frozen=True)
+class WeightJob:
+    """One weight to convert: its plan (name, shape, scheme) and the
+    checkpoint it is read from; ``specs``: the tensors it is stored as."""
+
+    plan: TensorPlan
+    source: Checkpoint
+
+    @functools.cached_property
+    def specs(self) -> tuple[TensorSpec, ...]:
+        c = self.plan.choice
+        return tuple(stored_specs(self.plan.name, self.plan.shape, c.scheme, c.group_size))
+
+    def encode(self) -> EncodedWeight:
+        return _encode(self.plan, _read(self.source, self.plan))
+
+
+@dataclass(frozen=True)
+class _Provenance:
+    """What every format's manifest says besides the weights and their files."""
+
+    created: str  # ISO 8601, UTC
+    model: dict[str, Any]
+    recipe: dict[str, Any]
+    side_files: list[FileEntry]
+    source: dict[str, Any]
+
+
+class _Output(Protocol):
+    """An output format: writes the weights into the directory, then says
+    what its manifest is. ``files``: what ``write`` wrote."""
+
+    files: list[FileEntry]
+
+    def write(self, jobs: Sequence[WeightJob], bar: tqdm) -> list[WeightInfo]: ...
+
+    def manifest(self, about: _Provenance) -> dict[str, Any]: ...
+
+
+class _LowbitOutput:
+    """lowbit's directory: safetensors files (sharded past ``max_shard_bytes``)
+    and the format-1 manifest."""
+
+    def __init__(self, directory: Path, max_shard_bytes: int) -> None:
+        self.directory = directory
+        self.max_shard_bytes = max_shard_bytes
+        self.entries: list[WeightEntry] = []
+        self.files: list[FileEntry] = []
+
+    def write(self, jobs: Sequence[WeightJob], bar: tqdm) -> list[WeightInfo]:
+        specs = [job.specs for job in jobs]
+        with SafetensorsOutput(
+            self.directory, specs, {"format": "lowbit"}, self.max_shard_bytes
+        ) as out:
+            for job in jobs:
+                encoded = job.encode()
+                arrays = zip(job.specs, encoded.arrays, strict=True)
+                file = out.write(a.reshape(spec.shape) for spec, a in arrays)
+                info = encoded.info
+                self.entries.append(info.stored_as(StoredNames.of(file, info.name, info.scheme)))
                 bar.update()
-        files.append({"name": fname, "size": w.size, "sha256": w.sha256})
-    bar.close()
-    if len(shards) > 1:
-        index = partial / "model.safetensors.index.json"
-        index.write_text(json.dumps({"metadata": {"format": "lowbit"}, "weight_map": weight_map}))
-    return weights, files
+        self.files = out.files
+        return list(self.entries)
+
+    def manifest(self, about: _Provenance) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "lowbit_version": __version__,
+            "created": about.created,
+            "model": about.model,
+            "recipe": about.recipe,
+            "packing": PACKING,
+            "weights": [w.as_dict() for w in self.entries],
+            "files": [f.as_dict() for f in self.files],
+            "side_files": [f.as_dict() for f in about.side_files],
+            "source": about.source,
+        }
+
+
+class _NpzOutput:
+    """The reference documents' layout: ``model.npz`` (unpacked codes) and
+    the format-2 manifest."""
+
+    def __init__(self, directory: Path, max_shard_bytes: int) -> None:
+        del max_shard_bytes  # one archive, never sharded
+        self.path = directory / NPZ_FILE
+        self.entries: list[dict[str, Any]] = []
+        self.files: list[FileEntry] = []
+
+    def write(self, jobs: Sequence[WeightJob], bar: tqdm) -> list[WeightInfo]:
+        infos = []
+        with NpzWriter(self.path) as w:
+            for job in jobs:
+                encoded = job.encode()
+                info = encoded.info
+                key = member_key(info.name, info.scheme)
+                arrays = unpacked_arrays(info.scheme, info.shape, list(encoded.arrays))
+                members = {suffix: w.add(key + suffix, a) for suffix, a in arrays.items()}
+                self.entries.append(npz_weight_entry(info, members))
+                infos.append(info)
+                bar.update()
+        self.files = [FileEntry(NPZ_FILE, self.path.stat().st_size, file_digest(self.path))]
+        return infos
+
+    def manifest(self, about: _Provenance) -> dict[str, Any]:
+        npz = self.files[0]
+        return {
+            "format_version": NPZ_FORMAT_VERSION,
+            "model": reference_model(about.model),
+            "weights": self.entries,
+            "metadata": {
+                "lowbit_version": __version__,
+                "created": about.created,
+                "file": npz.name,
+                "size": npz.size,
+                "sha256": npz.sha256,
+                "side_files": [f.as_dict() for f in about.side_files],
+                "reconstruction": RECONSTRUCTION,
+                "source": about.source,
+                "recipe": about.recipe,
+            },
+        }
+
+
+# fmt -> its writer
+_OUTPUTS: dict[str, Callable[[Path, int], _Output]] = {"lowbit": _LowbitOutput, "npz": _NpzOutput}
 
 
 class _BackgroundHashes:
@@ -236,26 +326,38 @@ def convert(
         raise ConvertError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     recipe = Recipe.from_args(preset, list(rules))  # bad rules: say so before any long work
     check_target(out, force)
-    args = (recipe, progress, repo_id, revision, max_shard_bytes, fmt)
+    settings = _Settings(recipe, progress, repo_id, revision, max_shard_bytes, fmt)
     if src.is_file() and is_gguf(src):
         with writing(out, force=force) as partial:
             # Imported inside OUT.partial, so that what a kill leaves of it is
             # cleaned up with OUT.partial by the next run.
             checkpoint = partial / ".gguf-import"
             import_gguf(src, checkpoint)
-            job = _plan(checkpoint, recipe)
-            weights, files, source_files = _write(job, partial, *args, source=src)
+            planned = _plan(checkpoint, recipe)
+            weights, files, source_files = _write(planned, partial, settings, source=src)
             shutil.rmtree(checkpoint)
     else:
-        job = _plan(src, recipe)  # bad input fails before OUT is touched
+        planned = _plan(src, recipe)  # bad input fails before OUT is touched
         with writing(out, force=force) as partial:
-            weights, files, source_files = _write(job, partial, *args, source=None)
-    seconds = time.perf_counter() - job.t0
+            weights, files, source_files = _write(planned, partial, settings, source=None)
+    seconds = time.perf_counter() - planned.t0
     return _summarize(out, preset, weights, files, source_files, seconds)
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """How to convert, besides what: convert()'s options."""
+
+    recipe: Recipe
+    progress: bool | None
+    repo_id: str | None
+    revision: str | None
+    max_shard_bytes: int
+    fmt: str
+
+
 @dataclass
-class _Job:
+class _Planned:
     """A checkpoint read and planned: everything checked before OUT is touched."""
 
     src: Path
@@ -266,7 +368,7 @@ class _Job:
     t0: float
 
 
-def _plan(src: Path, recipe: Recipe) -> _Job:
+def _plan(src: Path, recipe: Recipe) -> _Planned:
     """Read ``src``'s config and tensor list and plan each tensor's scheme."""
     t0 = time.perf_counter()
     config_path = src / "config.json" if src.is_dir() else src.parent / "config.json"
@@ -277,145 +379,86 @@ def _plan(src: Path, recipe: Recipe) -> _Job:
     model = describe_model(config, config.get("_name_or_path") or src.name, tied)
     plans = [recipe.plan(name, ck.info(name).shape) for name in ck.names()]
     _print_fallbacks(plans)
-    return _Job(src, config_path, ck, model, plans, t0)
+    return _Planned(src, config_path, ck, model, plans, t0)
 
 
 def _write(
-    job: _Job,
-    partial: Path,
-    recipe: Recipe,
-    progress: bool | None,
-    repo_id: str | None,
-    revision: str | None,
-    max_shard_bytes: int,
-    fmt: str,
-    source: Path | None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Path]]:
+    planned: _Planned, partial: Path, settings: _Settings, source: Path | None
+) -> tuple[list[WeightInfo], list[FileEntry], list[Path]]:
     """Write the model into ``partial``, manifest last (checked before it is
-    written): (weight entries, files, source files). ``source``: the GGUF file
-    the checkpoint came from."""
-    src, ck = job.src, job.ck
+    written): (weights, files, source files). ``source``: the GGUF file the
+    checkpoint came from."""
+    src, ck = planned.src, planned.ck
     # Hashing the source (as large as the model) overlaps the conversion:
     # hashlib releases the GIL, so it costs a core, not wall time.
     source_files = (
-        [source] if source else sorted({ck.info(n).file for n in ck.names()} | {job.config_path})
+        [source]
+        if source
+        else sorted({ck.info(n).file for n in ck.names()} | {planned.config_path})
     )
+    output = _OUTPUTS[settings.fmt](partial, settings.max_shard_bytes)
+    jobs = [WeightJob(plan, ck) for plan in planned.plans]
+    show = sys.stderr.isatty() if settings.progress is None else settings.progress
     with _BackgroundHashes(source_files) as source_hashes:
-        if fmt == "npz":
-            weights, files = _write_npz(ck, job.plans, partial, progress)
-        else:
-            weights, files = _write_weights(ck, job.plans, partial, max_shard_bytes, progress)
+        with tqdm(total=len(jobs), unit="tensor", disable=not show, desc="convert") as bar:
+            weights = output.write(jobs, bar)
         hashes = source_hashes.result()
     src_dir = src if src.is_dir() else src.parent
     # Hashed like the weights: the runtime reads config.json and the tokenizer
     # files, so --verify must cover them too.
     side_files = [
-        {"name": f.name, "size": f.stat().st_size, "sha256": file_digest(f)}
+        FileEntry(f.name, f.stat().st_size, file_digest(f))
         for f in copy_side_files(src_dir, partial)
     ]
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "lowbit_version": __version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "model": job.model,
-        "recipe": recipe.as_dict(),
-        "packing": PACKING,
-        "weights": weights,
-        "files": files,
-        "side_files": side_files,
-        "source": {
+    about = _Provenance(
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        model=planned.model,
+        recipe=settings.recipe.as_dict(),
+        side_files=side_files,
+        source={
             "path": str((source or src).resolve()),
-            "repo_id": repo_id,
-            "revision": revision,
+            "repo_id": settings.repo_id,
+            "revision": settings.revision,
             "files": [
-                {"name": f.name, "size": f.stat().st_size, "sha256": h}
+                FileEntry(f.name, f.stat().st_size, h).as_dict()
                 for f, h in zip(source_files, hashes, strict=True)
             ],
         },
-    }
-    if fmt == "npz":
-        manifest = _npz_manifest(manifest, files[0])
+    )
+    manifest = output.manifest(about)
     validate(manifest)
     (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-    return weights, files, source_files
-
-
-def _write_npz(
-    ck: Checkpoint, plans: list[TensorPlan], partial: Path, progress: bool | None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Quantize every tensor into ``partial/model.npz``: (weight entries, files).
-
-    The entries are lowbit's, each with ``npz_members`` (suffix -> member name)
-    from which ``_npz_manifest`` makes the reference format's.
-    """
-    show = sys.stderr.isatty() if progress is None else progress
-    weights = []
-    with (
-        NpzWriter(partial / NPZ_FILE) as w,
-        tqdm(total=len(plans), unit="tensor", disable=not show, desc="convert") as bar,
-    ):
-        for p in plans:
-            arrays, entry = _encode(p, _read(ck, p))
-            key = member_key(p.name, entry["scheme"])
-            members = {
-                suffix: w.add(key + suffix, arr)
-                for suffix, arr in unpacked_arrays(entry["scheme"], p.shape, arrays).items()
-            }
-            entry["npz_members"] = members
-            weights.append(entry)
-            bar.update()
-    path = partial / NPZ_FILE
-    return weights, [{"name": NPZ_FILE, "size": path.stat().st_size, "sha256": file_digest(path)}]
-
-
-def _npz_manifest(manifest: dict[str, Any], npz: dict[str, Any]) -> dict[str, Any]:
-    """The reference documents' manifest, from the one lowbit writes for safetensors."""
-    return {
-        "format_version": NPZ_FORMAT_VERSION,
-        "model": reference_model(manifest["model"]),
-        "weights": [npz_weight_entry(w, w["npz_members"]) for w in manifest["weights"]],
-        "metadata": {
-            "lowbit_version": manifest["lowbit_version"],
-            "created": manifest["created"],
-            "file": npz["name"],
-            "size": npz["size"],
-            "sha256": npz["sha256"],
-            "side_files": manifest["side_files"],
-            "reconstruction": RECONSTRUCTION,
-            "source": manifest["source"],
-            "recipe": manifest["recipe"],
-        },
-    }
+    return weights, output.files, source_files
 
 
 def _summarize(
     out: Path,
     preset: str,
-    weights: list[dict[str, Any]],
-    files: list[dict[str, Any]],
+    weights: list[WeightInfo],
+    files: list[FileEntry],
     source_files: list[Path],
     seconds: float,
 ) -> ConvertSummary:
     by_scheme: dict[str, dict[str, float]] = {}
     q_bits = q_count = 0.0
     for w in weights:
-        n = math.prod(w["shape"])
-        agg = by_scheme.setdefault(w["scheme"], {"tensors": 0, "weights": 0, "bytes": 0.0})
+        n = w.size
+        agg = by_scheme.setdefault(w.scheme, {"tensors": 0, "weights": 0, "bytes": 0.0})
         agg["tensors"] += 1
         agg["weights"] += n
-        agg["bytes"] += n * w["bits_per_weight"] / 8
-        if not get_scheme(w["scheme"]).is_float:
-            q_bits += n * w["bits_per_weight"]
+        agg["bytes"] += n * w.bits_per_weight / 8
+        if not get_scheme(w.scheme).is_float:  # the quantized tensors' average
+            q_bits += n * w.bits_per_weight
             q_count += n
     return ConvertSummary(
         out=str(out),
         preset=preset,
         tensors=len(weights),
         source_bytes=sum(f.stat().st_size for f in source_files),
-        output_bytes=sum(f["size"] for f in files),
+        output_bytes=sum(f.size for f in files),
         quantized_bits_per_weight=q_bits / q_count if q_count else 0.0,
         seconds=seconds,
-        fallbacks=[f"{w['name']}: {w['fallback']}" for w in weights if w["fallback"]],
+        fallbacks=[f"{w.name}: {w.fallback}" for w in weights if w.fallback],
         by_scheme=by_scheme,
     )
 

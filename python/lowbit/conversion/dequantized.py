@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from lowbit.formats.layout import stored_tensor
-from lowbit.formats.manifest import load as load_manifest
+from lowbit.formats.manifest import read as read_manifest
 from lowbit.formats.safetensors import Checkpoint, StreamingWriter, TensorSpec
 from lowbit.util.outdir import copy_side_files, writing
 
@@ -23,17 +23,16 @@ def write_dequantized(model_dir: str | Path, out: str | Path) -> Path:
     """Write ``model_dir``'s weights as float32 safetensors into ``out``."""
     src = Path(model_dir)
     out = Path(out)
-    manifest = load_manifest(src)
-    ck = Checkpoint(src, files=[f["name"] for f in manifest["files"]])
-    weights = manifest["weights"]
-    specs = [TensorSpec(w["name"], np.dtype(np.float32), tuple(w["shape"])) for w in weights]
+    manifest = read_manifest(src)
+    ck = Checkpoint(src, files=[f.name for f in manifest.files])
+    weights = manifest.weights
+    specs = [TensorSpec(w.name, np.dtype(np.float32), w.shape) for w in weights]
     with writing(out, force=True) as partial:
         with StreamingWriter(partial / "model.safetensors", specs, {"format": "pt"}) as writer:
             for w in weights:
-                shape = tuple(w["shape"])
-                values = stored_tensor(ck, w).dequantize() if len(shape) > 1 else None
+                values = stored_tensor(ck, w).dequantize() if len(w.shape) > 1 else None
                 if values is None:
-                    values = ck.get(w["stored"]["values"]).astype(np.float32)
-                writer.write(w["name"], np.ascontiguousarray(values.reshape(shape)))
+                    values = ck.get(w.stored.values).astype(np.float32)
+                writer.write(w.name, np.ascontiguousarray(values.reshape(w.shape)))
         copy_side_files(src, partial)
     return out

@@ -4,9 +4,8 @@ model_accuracy notebook, measured with ``lowbit validate``'s code."""
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ from typing import Any
 from lowbit.conversion.convert import convert
 from lowbit.eval.gguf_peer import gguf_roundtrip
 from lowbit.eval.validate import validate
+from lowbit.formats.manifest import WeightInfo
+from lowbit.formats.manifest import read as read_manifest
 
 # The linear layers (not embeddings, norms or routers): where rules apply.
 LINEAR = r"(self_attn|mlp)\..*proj\.weight$"
@@ -52,17 +53,17 @@ CASES: dict[str, Case] = {
 }
 
 
-def linear_bits_per_weight(manifest: dict[str, Any]) -> tuple[float, float]:
+def linear_bits_per_weight(weights: Iterable[WeightInfo]) -> tuple[float, float]:
     """(bits per weight over all matrices, over the linear layers only)."""
     tot = n = lin = n_lin = 0.0
-    for w in manifest["weights"]:
-        if len(w["shape"]) < 2:
+    for w in weights:
+        if len(w.shape) < 2:
             continue
-        size = math.prod(w["shape"])
-        tot += size * w["bits_per_weight"]
+        size = w.size
+        tot += size * w.bits_per_weight
         n += size
-        if w["role"] not in ("embed", "lm_head", "router", "shared_router"):
-            lin += size * w["bits_per_weight"]
+        if w.role not in ("embed", "lm_head", "router", "shared_router"):
+            lin += size * w.bits_per_weight
             n_lin += size
     return tot / n, lin / n_lin
 
@@ -80,7 +81,7 @@ def run_case(case: Case, src: Path, workdir: Path, **validate_options: Any) -> d
     else:
         convert(src, out, preset=case.preset, rules=list(case.rules), force=True, progress=False)
     if not case.gguf:
-        bits = linear_bits_per_weight(json.loads((out / "manifest.json").read_text()))
+        bits = linear_bits_per_weight(read_manifest(out).weights)
     report = validate(out, src, **validate_options)
     m = report.model or {}
     row = {

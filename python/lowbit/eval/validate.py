@@ -35,7 +35,8 @@ from lowbit.eval.text import (
 )
 from lowbit.eval.tolerances import Tolerances, load_tolerances, violations
 from lowbit.formats.layout import stored_tensor
-from lowbit.formats.manifest import load as load_manifest
+from lowbit.formats.manifest import Manifest
+from lowbit.formats.manifest import read as read_manifest
 from lowbit.formats.safetensors import Checkpoint, CheckpointError, refuse_custom_code
 from lowbit.models.tokenizer import TOKENIZER_FILE, Tokenizer, TokenizerError
 from lowbit.quant.schemes import get_scheme
@@ -84,8 +85,8 @@ def validate(
     """Validate ``model_dir`` against the float checkpoint ``baseline``."""
     model_dir = Path(model_dir)
     baseline = Path(baseline)
-    manifest = load_manifest(model_dir)
-    preset = (manifest.get("recipe") or {}).get("preset")
+    manifest = read_manifest(model_dir)
+    preset = (manifest.document.get("recipe") or {}).get("preset")
     tol = (
         tolerances
         if isinstance(tolerances, Tolerances)
@@ -110,34 +111,32 @@ def validate(
 # ---------------------------------------------------------------- weights
 
 
-def weight_metrics(
-    model_dir: Path, manifest: dict[str, Any], base: Checkpoint
-) -> list[dict[str, Any]]:
+def weight_metrics(model_dir: Path, manifest: Manifest, base: Checkpoint) -> list[dict[str, Any]]:
     """Per stored tensor: its error against the baseline's tensor of that name."""
-    ck = Checkpoint(model_dir, files=[f["name"] for f in manifest["files"]])
+    ck = Checkpoint(model_dir, files=[f.name for f in manifest.files])
     out = []
-    for w in manifest["weights"]:
-        name = w["name"]
+    for w in manifest.weights:
+        name = w.name
         try:
             ref = base.get_float(name)
         except CheckpointError as e:
             raise ValidationError(f"baseline has no tensor for {name}: {e}") from None
-        if tuple(ref.shape) != tuple(w["shape"]):
+        if tuple(ref.shape) != w.shape:
             raise ValidationError(
                 f"{name}: baseline shape {tuple(ref.shape)} differs from the model's "
-                f"{tuple(w['shape'])}; is --baseline the checkpoint this model came from?"
+                f"{w.shape}; is --baseline the checkpoint this model came from?"
             )
-        if len(w["shape"]) > 1:
+        if len(w.shape) > 1:
             x_hat = stored_tensor(ck, w).dequantize().reshape(ref.shape)
         else:
-            x_hat = ck.get(w["stored"]["values"]).astype(np.float32)
+            x_hat = ck.get(w.stored.values).astype(np.float32)
         err = weight_error(ref, x_hat)
         out.append(
             {
                 "name": name,
-                "scheme": w["scheme"],
-                "bits": get_scheme(w["scheme"]).bits,
-                "bits_per_weight": w["bits_per_weight"],
+                "scheme": w.scheme,
+                "bits": get_scheme(w.scheme).bits,
+                "bits_per_weight": w.bits_per_weight,
                 "rel_error": err.rel_error,
                 "max_abs": err.max_abs,
                 "snr_db": err.snr_db,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.formats.layout import stored_specs
-from lowbit.formats.manifest import load, side_file_entries
+from lowbit.formats.manifest import FileEntry, read, side_file_entries
 from lowbit.formats.npz import NPZ_FORMAT_VERSION, npz_member_shapes
 from lowbit.formats.safetensors import INDEX_FILE, ST_DTYPES, CheckpointError, read_header
 from lowbit.util.hashing import file_digest
@@ -87,56 +87,54 @@ def inspect_model(
     """
     path = Path(path)
     report = InspectReport(str(path))
-    manifest = load(path)  # ManifestError: not a model directory, or a broken manifest
-    if manifest["format_version"] == NPZ_FORMAT_VERSION:
-        return _inspect_npz(path, manifest, report, verify, context)
-    report.model = manifest["model"]
+    manifest = read(path)  # ManifestError: not a model directory, or a broken manifest
+    if manifest.format_version == NPZ_FORMAT_VERSION:
+        return _inspect_npz(path, manifest.document, report, verify, context)
+    report.model = manifest.model
     problems = report.problems
     if verify:
-        problems += _side_file_problems(path, manifest)
+        problems += _side_file_problems(path, manifest.document)
     headers: dict[str, dict] = {}
-    for i, f in enumerate(manifest["files"]):
+    for i, f in enumerate(manifest.files):
         fp, problem = _check_listed(path, f, f"files/{i}/name", verify)
         if fp is None:
             problems.append(problem)
             continue
         try:
-            headers[f["name"]] = read_header(fp)
+            headers[f.name] = read_header(fp)
         except CheckpointError as e:
             problems.append(str(e))
-    listed = {f["name"] for f in manifest["files"]}
+    listed = {f.name for f in manifest.files}
     problems += _index_problems(path, listed)
     total_bits = 0.0
-    for w in manifest["weights"]:
-        stored = w["stored"]
-        if stored["file"] not in listed:
-            problems.append(
-                f"{w['name']}: stored in {stored['file']}, which the manifest does not list"
-            )
+    for w in manifest.weights:
+        file = w.stored.file
+        if file not in listed:
+            problems.append(f"{w.name}: stored in {file}, which the manifest does not list")
             continue
-        header = headers.get(stored["file"])
+        header = headers.get(file)
         if header is None:
             continue  # its file was already reported
-        for spec in stored_specs(w["name"], tuple(w["shape"]), w["scheme"], w["group_size"]):
+        for spec in stored_specs(w.name, w.shape, w.scheme, w.group_size):
             info = header.get(spec.name)
             if info is None:
-                problems.append(f"{w['name']}: {spec.name} is not in {stored['file']}")
+                problems.append(f"{w.name}: {spec.name} is not in {file}")
             elif (info.dtype, info.shape) != (ST_DTYPES[spec.dtype], spec.shape):
                 problems.append(
                     f"{spec.name}: stored as {info.dtype} {info.shape}, "
-                    f"{w['scheme']} needs {ST_DTYPES[spec.dtype]} {spec.shape}"
+                    f"{w.scheme} needs {ST_DTYPES[spec.dtype]} {spec.shape}"
                 )
-        n = math.prod(w["shape"])
-        agg = report.by_scheme.setdefault(w["scheme"], {"tensors": 0, "weights": 0, "bytes": 0})
+        n = w.size
+        agg = report.by_scheme.setdefault(w.scheme, {"tensors": 0, "weights": 0, "bytes": 0})
         agg["tensors"] += 1
         agg["weights"] += n
-        agg["bytes"] += round(n * w["bits_per_weight"] / 8)
+        agg["bytes"] += round(n * w.bits_per_weight / 8)
         report.weights += n
-        total_bits += n * w["bits_per_weight"]
+        total_bits += n * w.bits_per_weight
     report.weight_bytes = round(total_bits / 8)
     report.bits_per_weight = total_bits / report.weights if report.weights else 0.0
-    ctx = context or manifest["model"]["context_length"]
-    report.memory = memory_estimate(manifest["model"], report.weight_bytes, ctx)
+    ctx = context or manifest.model["context_length"]
+    report.memory = memory_estimate(manifest.model, report.weight_bytes, ctx)
     return report
 
 
@@ -165,21 +163,21 @@ def _index_problems(path: Path, listed: set[str]) -> list[str]:
 
 
 def _check_listed(
-    path: Path, entry: dict[str, Any], field: str, verify: bool
+    path: Path, entry: FileEntry, field: str, verify: bool
 ) -> tuple[Path, None] | tuple[None, str]:
     """A file the manifest lists: (its path, None) if it is there as recorded
     (size, and SHA-256 with ``verify``), else (None, the problem)."""
     try:
-        fp = confined(path, entry["name"], f"manifest.json: {field}")
+        fp = confined(path, entry.name, f"manifest.json: {field}")
     except UnsafePathError as e:
         return None, str(e)
     if not fp.is_file():
-        return None, f"{entry['name']}: missing"
+        return None, f"{entry.name}: missing"
     size = fp.stat().st_size
-    if size != entry["size"]:
-        return None, f"{entry['name']}: {size} bytes, manifest says {entry['size']}"
-    if verify and file_digest(fp) != entry["sha256"]:
-        return None, f"{entry['name']}: SHA-256 differs from the manifest's"
+    if size != entry.size:
+        return None, f"{entry.name}: {size} bytes, manifest says {entry.size}"
+    if verify and file_digest(fp) != entry.sha256:
+        return None, f"{entry.name}: SHA-256 differs from the manifest's"
     return fp, None
 
 
@@ -196,7 +194,8 @@ def _side_file_problems(path: Path, manifest: dict[str, Any]) -> list[str]:
         listed = set()
         for i, f in enumerate(entries):
             listed.add(f["name"])
-            fp, problem = _check_listed(path, f, f"{key}/{i}/name", verify=True)
+            entry = FileEntry.from_dict(f)
+            fp, problem = _check_listed(path, entry, f"{key}/{i}/name", verify=True)
             if fp is None:
                 problems.append(problem)
         for name in SIDE_FILES:

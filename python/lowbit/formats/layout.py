@@ -5,13 +5,9 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
-import numpy as np
-
+from lowbit.formats.manifest import WeightEntry
 from lowbit.formats.safetensors import Checkpoint, TensorSpec
-from lowbit.quant.dtypes import FLOAT_SCHEME_DTYPES
+from lowbit.quant.dtypes import named
 from lowbit.quant.quantize import QuantizedTensor
 from lowbit.quant.schemes import get_scheme
 
@@ -20,33 +16,19 @@ def stored_specs(
     name: str, shape: tuple[int, ...], scheme: str, group_size: int | None
 ) -> list[TensorSpec]:
     """The tensors one weight becomes on disk: its values, or codes, scales and zeros."""
-    s = get_scheme(scheme)
-    if s.is_float:
-        return [TensorSpec(name, FLOAT_SCHEME_DTYPES[s.name], tuple(shape))]
-    rows, cols = math.prod(shape[:-1]), shape[-1]
-    groups = 1 if group_size is None else cols // group_size
-    param = np.dtype(np.float32 if group_size is None else np.float16)
-    code = np.dtype(np.int8 if s.bits == 8 and s.qmin < 0 else np.uint8)
-    specs = [
-        TensorSpec(f"{name}.codes", code, (rows, s.row_bytes(cols))),
-        TensorSpec(f"{name}.scales", param, (rows, groups)),
+    return [
+        TensorSpec(name + a.suffix, named(a.dtype), a.shape)
+        for a in get_scheme(scheme).stored_arrays(tuple(shape), group_size)
     ]
-    if s.asymmetric:
-        specs.append(TensorSpec(f"{name}.zeros", param, (rows, groups)))
-    return specs
 
 
-def stored_tensor(ck: Checkpoint, w: dict[str, Any]) -> QuantizedTensor:
+def stored_tensor(ck: Checkpoint, w: WeightEntry) -> QuantizedTensor:
     """One manifest weight as stored, 3-D expert stacks flattened to rows."""
-    stored = w["stored"]
-    shape = tuple(w["shape"])
-    rows = int(np.prod(shape[:-1]))
-    cols = shape[-1]
-    values = ck.get(stored["values"])
-    if "scales" not in stored:
-        return QuantizedTensor(w["scheme"], (rows, cols), values.reshape(rows, cols))
-    scales = ck.get(stored["scales"])
-    zeros = ck.get(stored["zeros"]) if "zeros" in stored else None
-    return QuantizedTensor(
-        w["scheme"], (rows, cols), values, scales, zeros, w["group_size"], w["method"]
-    )
+    stored = w.stored
+    rows, cols = w.matrix_shape
+    values = ck.get(stored.values)
+    if stored.scales is None:  # float values, stored as they are
+        return QuantizedTensor(w.scheme, (rows, cols), values.reshape(rows, cols))
+    scales = ck.get(stored.scales)
+    zeros = ck.get(stored.zeros) if stored.zeros is not None else None
+    return QuantizedTensor(w.scheme, (rows, cols), values, scales, zeros, w.group_size, w.method)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.formats.manifest import WeightInfo
 from lowbit.quant import reference
 from lowbit.quant.schemes import get_scheme
 from lowbit.util.errors import LowbitError
@@ -99,23 +100,24 @@ class NpzWriter:
             self._zip.close()
 
 
-def weight_entry(entry: dict[str, Any], members: dict[str, str]) -> dict[str, Any]:
-    """The format-2 manifest entry of a weight, from lowbit's own entry."""
-    s = get_scheme(entry["scheme"])
-    grouped = entry["group_size"] is not None
+def weight_entry(info: WeightInfo, members: dict[str, str]) -> dict[str, Any]:
+    """The format-2 manifest entry of a weight, from what lowbit records of it."""
+    s = get_scheme(info.scheme)
+    grouped = info.group_size is not None
     out: dict[str, Any] = {
-        "name": entry["name"],
-        "shape": entry["shape"],
+        "name": info.name,
+        "shape": list(info.shape),
         "bit_width": s.bits,
         "q": members[""],
-        "rel_error": entry["rel_error"],
+        "rel_error": info.rel_error,
         "quantization": {
+            # The reference documents' words for the scheme's kind.
             "type": "float" if s.is_float else ("group_int" if grouped else "perrow_int"),
             "bits": s.bits,
             "method": "none" if s.is_float else ("asymmetric" if s.asymmetric else "symmetric"),
             "scheme": s.name,
-            "group_size": entry["group_size"],
-            "search": entry["method"],
+            "group_size": info.group_size,
+            "search": info.method,
         },
     }
     if "_scales" in members:

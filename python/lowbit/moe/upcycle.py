@@ -22,10 +22,12 @@ KL divergence / perplexity change against the dense model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,8 @@ from lowbit.eval.text import (
     make_windows,
 )
 from lowbit.eval.validate import LogitComparison
-from lowbit.formats.safetensors import Checkpoint, StreamingWriter, TensorSpec, refuse_custom_code
+from lowbit.formats.jobs import SafetensorsOutput, TensorJob
+from lowbit.formats.safetensors import Checkpoint, TensorSpec, refuse_custom_code
 from lowbit.models.config import check_layers, read_config
 from lowbit.models.families import FAMILIES, UnsupportedArchitecture, family_of
 from lowbit.models.family import Family
@@ -335,6 +338,36 @@ def _moe_config(
 # ---------------------------------------------------------------- the job
 
 
+@dataclass(frozen=True, eq=False)
+class UpcycleOptions:
+    """``upcycle``'s options (its keyword arguments; see there)."""
+
+    experts: int
+    top_k: int
+    mode: str = "copy"
+    noise: float | None = None
+    noise_relative: float | None = None
+    router: str = "random"
+    seed: int = 0
+    calibration_text: str | Path | list[str | Path] | None = None
+    shared_expert: bool = False
+    evaluate: bool = True
+    calibration_ids: np.ndarray | None = None
+    eval_ids: np.ndarray | None = None
+    context: int = DEFAULT_CONTEXT
+    eval_tokens: int = DEFAULT_TOKENS
+    calibration_tokens: int | None = None
+    force: bool = False
+
+    @property
+    def text_files(self) -> list[Path] | None:
+        """The calibration and evaluation text's files (None: the default text)."""
+        if self.calibration_text is None:
+            return None
+        text = self.calibration_text
+        return [Path(p) for p in (text if isinstance(text, list) else [text])]
+
+
 def upcycle(
     src: str | Path,
     out: str | Path,
@@ -361,217 +394,352 @@ def upcycle(
     the text for checkpoints without a tokenizer; ``calibration_tokens``
     defaults to ``CALIBRATION_TOKENS[mode]``. Returns the report.
     """
-    t0 = time.perf_counter()
-    src, out = Path(src), Path(out)
-    config = read_config(src / "config.json")
-    _family, target, inter = _check_args(
-        config, mode, experts, top_k, noise, noise_relative, router, shared_expert
+    options = UpcycleOptions(
+        experts=experts,
+        top_k=top_k,
+        mode=mode,
+        noise=noise,
+        noise_relative=noise_relative,
+        router=router,
+        seed=seed,
+        calibration_text=calibration_text,
+        shared_expert=shared_expert,
+        evaluate=evaluate,
+        calibration_ids=calibration_ids,
+        eval_ids=eval_ids,
+        context=context,
+        eval_tokens=eval_tokens,
+        calibration_tokens=calibration_tokens,
+        force=force,
     )
-    check_target(out, force)  # fails before the long calibration
-    n_layers = int(config["num_hidden_layers"])
-    hidden = int(config["hidden_size"])
-    ck = Checkpoint(src)
-    check_layers(config, ck.names(), src / "config.json")
-    files = None
-    if calibration_text is not None:
-        paths = calibration_text if isinstance(calibration_text, list) else [calibration_text]
-        files = [Path(p) for p in paths]
-    has_tok = (src / TOKENIZER_FILE).is_file()
-    notes: list[str] = []
+    return _upcycle(Path(src), Path(out), options)
 
+
+@dataclass(frozen=True)
+class _Sizes:
+    """The MoE's dimensions, and copy mode's noise."""
+
+    layers: int
+    hidden: int
+    expert_inter: int  # neurons per expert
+    shared_inter: int  # neurons of the shared expert (NO_SHARED: a stand-in; 0: none)
+    sigma: float  # noise std
+    sigma_rel: float | None  # noise std relative to each projection's, when given
+
+
+def _sizes(config: dict[str, Any], target: Target, inter: int, opts: UpcycleOptions) -> _Sizes:
+    shared_inter = NO_SHARED if target.shared else 0
+    if opts.mode == "copy":
+        expert_inter = inter
+        sigma_rel = opts.noise_relative
+        sigma = opts.noise or 0.0
+    else:
+        expert_inter = inter // opts.experts
+        sigma_rel, sigma = None, 0.0
+        if opts.shared_expert:
+            expert_inter = inter // (opts.experts + 1)
+            shared_inter = expert_inter
+    layers, hidden = int(config["num_hidden_layers"]), int(config["hidden_size"])
+    return _Sizes(layers, hidden, expert_inter, shared_inter, sigma, sigma_rel)
+
+
+@dataclass(frozen=True, eq=False)
+class _Calibration:
+    """The text, tokenized once (the evaluation windows first, the
+    calibration windows after them), the calibration windows, and the dense
+    model that runs on them (loaded only when there are any)."""
+
+    text: tuple[list[int], str] | None
+    windows: EvalWindows | None
+    dense: Any  # a transformers model, or None
+
+
+def _calibrate(src: Path, opts: UpcycleOptions) -> _Calibration:
     # Calibration statistics: FFN inputs (router, load balance) and, in split
     # mode, the activations the neurons are clustered on.
-    calib_from_text = calibration_ids is None and (
-        mode == "split" or router == "hidden" or (evaluate and has_tok)
+    has_tok = (src / TOKENIZER_FILE).is_file()
+    calib_from_text = opts.calibration_ids is None and (
+        opts.mode == "split" or opts.router == "hidden" or (opts.evaluate and has_tok)
     )
-    eval_from_text = evaluate and eval_ids is None and has_tok
-    # Tokenized once for both: the evaluation windows come first, the
-    # calibration windows after them.
-    text = _encode_text(src, files) if calib_from_text or eval_from_text else None
+    eval_from_text = opts.evaluate and opts.eval_ids is None and has_tok
+    text = _encode_text(src, opts.text_files) if calib_from_text or eval_from_text else None
     calib = None
-    if calibration_ids is not None:
-        calib = _as_windows(calibration_ids, "calibration_ids")
+    if opts.calibration_ids is not None:
+        calib = _as_windows(opts.calibration_ids, "calibration_ids")
     elif calib_from_text:
         assert text is not None
-        tokens = calibration_tokens or CALIBRATION_TOKENS[mode]
-        calib = _windows_from_text(text, eval_tokens, tokens, context)
+        tokens = opts.calibration_tokens or CALIBRATION_TOKENS[opts.mode]
+        calib = _windows_from_text(text, opts.eval_tokens, tokens, opts.context)
     dense = _load_dense(src) if calib is not None else None
+    return _Calibration(text, calib, dense)
 
-    shared_inter = NO_SHARED if target.shared else 0
-    if mode == "copy":
-        expert_inter = inter
-        sigma_rel = noise_relative
-        sigma = noise or 0.0
-    else:
-        expert_inter = inter // experts
-        sigma_rel, sigma = None, 0.0
-        if shared_expert:
-            expert_inter = inter // (experts + 1)
-            shared_inter = expert_inter
 
-    splits: list[SplitLayer] | None = None
-    stats: list[np.ndarray] | None = None  # per layer: FFN inputs [tokens, hidden]
-    if mode == "split":
-        assert dense is not None
-        assert calib is not None
-        n_shared = shared_inter if shared_expert else 0
-        splits = split_model(dense, calib.windows, experts, top_k, n_shared, seed)
-        stats = [s.x for s in splits]
-    elif calib is not None:
-        stats = _ffn_inputs(dense, calib)
+def _statistics(
+    cal: _Calibration, sizes: _Sizes, opts: UpcycleOptions
+) -> tuple[list[SplitLayer] | None, list[np.ndarray] | None]:
+    """(split mode: each layer's split; per layer: FFN inputs [tokens,
+    hidden] over the calibration windows, None without any)."""
+    if opts.mode == "split":
+        assert cal.dense is not None
+        assert cal.windows is not None
+        n_shared = sizes.shared_inter if opts.shared_expert else 0
+        splits = split_model(
+            cal.dense, cal.windows.windows, opts.experts, opts.top_k, n_shared, opts.seed
+        )
+        return splits, [s.x for s in splits]
+    if cal.windows is not None:
+        return None, _ffn_inputs(cal.dense, cal.windows)
+    return None, None
 
-    moe_config = _moe_config(config, target, experts, top_k, expert_inter, shared_inter)
 
-    # The output's tensors, in the source's order; each layer's FFN becomes the
-    # router, then the experts (gate, up, down each), then the shared expert.
-    dense_names = {
-        _DENSE.format(l=i, p=p): (i, p) for i in range(n_layers) for p in ("gate", "up", "down")
-    }
-    for name in dense_names:
-        ck.info(name)  # a clear error naming a missing FFN tensor
-    specs: list[TensorSpec] = []
-    for name in ck.names():
-        info = ck.info(name)
-        dt = ck.get(name).dtype
-        if name not in dense_names:
-            specs.append(TensorSpec(name, dt, info.shape))
-            continue
-        i, p = dense_names[name]
-        if p != "gate":
-            continue
-        specs.append(TensorSpec(target.router.format(l=i), dt, (experts, hidden)))
-        for e in range(experts):
-            for q in ("gate", "up", "down"):
-                shape = (expert_inter, hidden) if q != "down" else (hidden, expert_inter)
-                specs.append(
-                    TensorSpec(target.expert.format(l=i, e=e, p=target.proj[q]), dt, shape)
-                )
-        if target.shared:
-            for q in ("gate", "up", "down"):
-                shape = (shared_inter, hidden) if q != "down" else (hidden, shared_inter)
-                specs.append(TensorSpec(_SHARED.format(l=i, p=target.proj[q]), dt, shape))
-            specs.append(TensorSpec(_SHARED_GATE.format(l=i), dt, (1, hidden)))
-
-    with writing(out, force=force) as partial:
-        routers: list[np.ndarray] = []
-        with StreamingWriter(partial / "model.safetensors", specs, {"format": "pt"}) as writer:
-            spec_iter = iter(specs)
-            for name in ck.names():
-                if name not in dense_names:
-                    writer.write(name, ck.get(name))
-                    next(spec_iter)
-                    continue
-                i, p = dense_names[name]
-                if p != "gate":
-                    continue
-                dt = ck.get(name).dtype
-                w = {
-                    q: ck.get_float(_DENSE.format(l=i, p=q)).astype(np.float32)
-                    for q in ("gate", "up", "down")
-                }
-                if splits is None:
-                    r = _copy_router(
-                        router, experts, hidden, config, seed, i, stats[i] if stats else None
-                    )
-                    writer.write(target.router.format(l=i), r.astype(dt))
-                    # Noise std per projection: the same for every expert's copy.
-                    std = {
-                        q: sigma
-                        if sigma_rel is None
-                        else sigma_rel * float(w[q].std(dtype=np.float64))
-                        for q in w
-                    }
-                    for e in range(experts):
-                        for q in ("gate", "up", "down"):
-                            t = w[q].copy()
-                            s = std[q]
-                            if s > 0:
-                                _core.add_gaussian_noise(
-                                    t, s, seed, _stream(i, e, q), f"layer {i} expert {e} {q}"
-                                )
-                            writer.write(
-                                target.expert.format(l=i, e=e, p=target.proj[q]), t.astype(dt)
-                            )
-                    shared_idx = None
-                else:
-                    split = splits[i]
-                    r, groups, shared_idx = split.router, split.groups, split.shared
-                    w["down"] = split.down  # refitted to the routed activations
-                    writer.write(target.router.format(l=i), r.astype(dt))
-                    for e, g in enumerate(groups):
-                        writer.write(
-                            target.expert.format(l=i, e=e, p=target.proj["gate"]),
-                            w["gate"][g].astype(dt),
-                        )
-                        writer.write(
-                            target.expert.format(l=i, e=e, p=target.proj["up"]),
-                            w["up"][g].astype(dt),
-                        )
-                        # Every selected expert gets weight 1/k (see the module
-                        # docstring): scaling by k makes their sum the dense FFN's.
-                        down = np.ascontiguousarray(w["down"][:, g]) * np.float32(top_k)
-                        writer.write(
-                            target.expert.format(l=i, e=e, p=target.proj["down"]), down.astype(dt)
-                        )
-                if target.shared:
-                    if shared_idx is not None:
-                        sg, su = w["gate"][shared_idx], w["up"][shared_idx]
-                        # sigmoid(0) = 0.5 exactly: a zero gate and a doubled down
-                        # projection make the shared expert always on at weight 1.
-                        down = np.ascontiguousarray(w["down"][:, shared_idx]) * np.float32(2.0)
-                    else:
-                        # Qwen2-MoE always has a shared expert; one all-zero neuron
-                        # adds exactly 0 (act(0) * 0), where a zero-size one would
-                        # be refused by lowbit convert.
-                        sg = su = np.zeros((NO_SHARED, hidden), np.float32)
-                        down = np.zeros((hidden, NO_SHARED), np.float32)
-                    writer.write(_SHARED.format(l=i, p=target.proj["gate"]), sg.astype(dt))
-                    writer.write(_SHARED.format(l=i, p=target.proj["up"]), su.astype(dt))
-                    writer.write(_SHARED.format(l=i, p=target.proj["down"]), down.astype(dt))
-                    writer.write(_SHARED_GATE.format(l=i), np.zeros((1, hidden), dt))
-                routers.append(r)
-                for _ in range(1 + 3 * experts + (4 if target.shared else 0)):
-                    next(spec_iter)
+def _upcycle(src: Path, out: Path, opts: UpcycleOptions) -> UpcycleReport:
+    t0 = time.perf_counter()
+    config = read_config(src / "config.json")
+    _family, target, inter = _check_args(
+        config,
+        opts.mode,
+        opts.experts,
+        opts.top_k,
+        opts.noise,
+        opts.noise_relative,
+        opts.router,
+        opts.shared_expert,
+    )
+    check_target(out, opts.force)  # fails before the long calibration
+    ck = Checkpoint(src)
+    check_layers(config, ck.names(), src / "config.json")
+    cal = _calibrate(src, opts)
+    sizes = _sizes(config, target, inter, opts)
+    splits, stats = _statistics(cal, sizes, opts)
+    moe_config = _moe_config(
+        config, target, opts.experts, opts.top_k, sizes.expert_inter, sizes.shared_inter
+    )
+    jobs, routers = _output_jobs(ck, config, target, sizes, opts, splits, stats)
+    notes: list[str] = []
+    with writing(out, force=opts.force) as partial:
+        specs = [job.specs for job in jobs]
+        with SafetensorsOutput(partial, specs, {"format": "pt"}) as output:
+            for job in jobs:
+                output.write(job.make())
         (partial / "config.json").write_text(json.dumps(moe_config, indent=2))
         copy_side_files(src, partial, skip=("config.json",))
         # Loaded by transformers (missing or unexpected weights refused) and
         # compared while still OUT.partial: a model that fails is never committed.
         comparison = None
-        if evaluate:
-            comparison = _evaluate(src, partial, text, eval_ids, eval_tokens, context, dense)
+        if opts.evaluate:
+            comparison = _evaluate(src, partial, cal, opts)
             if comparison is None:
                 load_moe(partial)  # the load check still runs
                 notes.append("no tokenizer and no eval_ids: the model was not evaluated")
 
-    report = _report(
-        out, mode, target, config, experts, top_k, expert_inter, shared_inter, specs,
-        {"sigma": sigma, "relative": sigma_rel, "seed": seed}, router if mode == "copy" else "fit",
-    )  # fmt: skip
+    report = _report(out, opts, target, config, sizes, [s for job in jobs for s in job.specs])
     if stats is not None:
-        report.load_balance = _load_balance(routers, stats, top_k, calib)
+        assert cal.windows is not None
+        report.load_balance = _load_balance(routers, stats, opts.top_k, cal.windows)
     report.model = comparison
     report.notes = notes
     report.seconds = time.perf_counter() - t0
     return report
 
 
+# ---------------------------------------------------------------- the output's tensors
+
+
+def _output_jobs(
+    ck: Checkpoint,
+    config: dict[str, Any],
+    target: Target,
+    sizes: _Sizes,
+    opts: UpcycleOptions,
+    splits: list[SplitLayer] | None,
+    stats: list[np.ndarray] | None,
+) -> tuple[list[TensorJob], list[np.ndarray]]:
+    """The output's tensors as jobs, in the source's order: a tensor outside
+    the FFNs is copied; each layer's FFN becomes one job (at its gate
+    projection), its MoE block. And the list that receives each block's
+    router (float32) as its job is written."""
+    dense_names = {
+        _DENSE.format(l=i, p=p): (i, p) for i in range(sizes.layers) for p in ("gate", "up", "down")
+    }
+    for name in dense_names:
+        ck.info(name)  # a clear error naming a missing FFN tensor
+    jobs: list[TensorJob] = []
+    routers: list[np.ndarray] = []
+    for name in ck.names():
+        dt = ck.get(name).dtype
+        if name not in dense_names:
+            spec = TensorSpec(name, dt, ck.info(name).shape)
+            jobs.append(TensorJob((spec,), functools.partial(_copied, ck, name)))
+            continue
+        i, p = dense_names[name]
+        if p != "gate":
+            continue
+        split = splits[i] if splits is not None else None
+        x = stats[i] if stats else None
+        copy_router = functools.partial(
+            _copy_router, opts.router, opts.experts, sizes.hidden, config, opts.seed, i, x
+        )
+        jobs.append(_moe_block(ck, i, dt, target, sizes, opts, copy_router, split, routers))
+    return jobs, routers
+
+
+def _copied(ck: Checkpoint, name: str) -> tuple[np.ndarray]:
+    return (ck.get(name),)
+
+
+@dataclass(frozen=True, eq=False)
+class _DenseFfn:
+    """What one layer's MoE block is made from: its router (float32) and the
+    dense FFN in float32 (gate, up, down), in split mode with the down
+    projection refitted to the routed activations, in copy mode with the
+    noise std of each projection."""
+
+    router: np.ndarray
+    w: dict[str, np.ndarray]
+    std: dict[str, float]
+
+
+def _dense_ffn(
+    ck: Checkpoint,
+    layer: int,
+    sizes: _Sizes,
+    copy_router: Callable[[], np.ndarray],
+    split: SplitLayer | None,
+) -> _DenseFfn:
+    """What layer ``layer``'s MoE block is made from, its router split
+    mode's fitted one or copy mode's ``copy_router()``."""
+    w = {
+        q: ck.get_float(_DENSE.format(l=layer, p=q)).astype(np.float32)
+        for q in ("gate", "up", "down")
+    }
+    if split is not None:
+        w["down"] = split.down  # refitted to the routed activations
+        return _DenseFfn(split.router, w, {})
+    r = copy_router()
+    # Noise std per projection: the same for every expert's copy.
+    std = {
+        q: sizes.sigma
+        if sizes.sigma_rel is None
+        else sizes.sigma_rel * float(w[q].std(dtype=np.float64))
+        for q in w
+    }
+    return _DenseFfn(r, w, std)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One tensor of a layer's MoE block: name, shape, and how to make it
+    (float32) from the layer's dense FFN."""
+
+    name: str
+    shape: tuple[int, int]
+    make: Callable[[_DenseFfn], np.ndarray]
+
+
+def _moe_block(
+    ck: Checkpoint,
+    layer: int,
+    dt: np.dtype,
+    target: Target,
+    sizes: _Sizes,
+    opts: UpcycleOptions,
+    copy_router: Callable[[], np.ndarray],
+    split: SplitLayer | None,
+    routers: list[np.ndarray],
+) -> TensorJob:
+    """Layer ``layer``'s MoE block as one job: the router, the experts (gate,
+    up, down each), then the shared expert, in ``dt``. The router is made and
+    the dense FFN read when the job is written, so one layer's is in memory
+    at a time; the router is appended to ``routers`` then."""
+    parts = _block_parts(layer, target, sizes, opts, split)
+    specs = tuple(TensorSpec(part.name, dt, part.shape) for part in parts)
+
+    def make() -> Iterator[np.ndarray]:
+        ffn = _dense_ffn(ck, layer, sizes, copy_router, split)
+        routers.append(ffn.router)
+        for part in parts:
+            yield part.make(ffn).astype(dt)
+
+    return TensorJob(specs, make)
+
+
+def _block_parts(
+    i: int,
+    target: Target,
+    sizes: _Sizes,
+    opts: UpcycleOptions,
+    split: SplitLayer | None,
+) -> list[_Part]:
+    hidden = sizes.hidden
+
+    def shape(q: str, neurons: int) -> tuple[int, int]:
+        return (hidden, neurons) if q == "down" else (neurons, hidden)
+
+    parts = [_Part(target.router.format(l=i), (opts.experts, hidden), lambda ffn: ffn.router)]
+    for e in range(opts.experts):
+        for q in ("gate", "up", "down"):
+            if split is None:
+                make = functools.partial(_noisy_copy, e=e, q=q, layer=i, seed=opts.seed)
+            else:
+                make = functools.partial(_split_part, q=q, neurons=split.groups[e], k=opts.top_k)
+            name = target.expert.format(l=i, e=e, p=target.proj[q])
+            parts.append(_Part(name, shape(q, sizes.expert_inter), make))
+    if target.shared:
+        idx = split.shared if split is not None else None
+        for q in ("gate", "up", "down"):
+            make = functools.partial(_shared_part, q=q, neurons=idx, hidden=hidden)
+            parts.append(
+                _Part(_SHARED.format(l=i, p=target.proj[q]), shape(q, sizes.shared_inter), make)
+            )
+        zeros = np.zeros((1, hidden), np.float32)
+        parts.append(_Part(_SHARED_GATE.format(l=i), (1, hidden), lambda _: zeros))
+    return parts
+
+
+def _noisy_copy(ffn: _DenseFfn, e: int, q: str, layer: int, seed: int) -> np.ndarray:
+    """Copy mode: expert ``e``'s projection ``q``, the dense one plus its noise."""
+    t = ffn.w[q].copy()
+    s = ffn.std[q]
+    if s > 0:
+        _core.add_gaussian_noise(t, s, seed, _stream(layer, e, q), f"layer {layer} expert {e} {q}")
+    return t
+
+
+def _split_part(ffn: _DenseFfn, q: str, neurons: np.ndarray, k: int) -> np.ndarray:
+    """Split mode: projection ``q`` of the expert made of ``neurons``."""
+    if q != "down":
+        return ffn.w[q][neurons]
+    # Every selected expert gets weight 1/k (see the module docstring):
+    # scaling by k makes their sum the dense FFN's.
+    return np.ascontiguousarray(ffn.w["down"][:, neurons]) * np.float32(k)
+
+
+def _shared_part(ffn: _DenseFfn, q: str, neurons: np.ndarray | None, hidden: int) -> np.ndarray:
+    """Projection ``q`` of the shared expert made of ``neurons`` (None: none)."""
+    if neurons is None:
+        # Qwen2-MoE always has a shared expert; one all-zero neuron adds
+        # exactly 0 (act(0) * 0), where a zero-size one would be refused by
+        # lowbit convert.
+        rows_cols = (hidden, NO_SHARED) if q == "down" else (NO_SHARED, hidden)
+        return np.zeros(rows_cols, np.float32)
+    if q != "down":
+        return ffn.w[q][neurons]
+    # sigmoid(0) = 0.5 exactly: a zero gate and a doubled down projection
+    # make the shared expert always on at weight 1.
+    return np.ascontiguousarray(ffn.w["down"][:, neurons]) * np.float32(2.0)
+
+
 def _evaluate(
-    src: Path,
-    moe_dir: Path,
-    text: tuple[list[int], str] | None,
-    eval_ids: np.ndarray | None,
-    eval_tokens: int,
-    context: int,
-    dense: Any,
+    src: Path, moe_dir: Path, cal: _Calibration, opts: UpcycleOptions
 ) -> dict[str, Any] | None:
     """``compare_models`` on the evaluation windows, or None without any."""
-    if eval_ids is not None:
-        ev = _as_windows(eval_ids, "eval_ids")
-    elif text is not None:
-        ev = _windows_from_text(text, 0, eval_tokens, context)
+    if opts.eval_ids is not None:
+        ev = _as_windows(opts.eval_ids, "eval_ids")
+    elif cal.text is not None:
+        ev = _windows_from_text(cal.text, 0, opts.eval_tokens, opts.context)
     else:
         return None
-    return compare_models(src, moe_dir, ev, dense)
+    return compare_models(src, moe_dir, ev, cal.dense)
 
 
 def _copy_router(
@@ -599,22 +767,19 @@ def _copy_router(
 
 def _report(
     out: Path,
-    mode: str,
+    opts: UpcycleOptions,
     target: Target,
     config: dict[str, Any],
-    experts: int,
-    top_k: int,
-    expert_inter: int,
-    shared_inter: int,
+    sizes: _Sizes,
     specs: list[TensorSpec],
-    noise: dict[str, Any],
-    router: str,
 ) -> UpcycleReport:
     n_layers = int(config["num_hidden_layers"])
     hidden = int(config["hidden_size"])
     inter = int(config["intermediate_size"])
+    experts, top_k = opts.experts, opts.top_k
+    shared_inter = sizes.shared_inter
     total = sum(math.prod(s.shape) for s in specs)
-    per_expert = 3 * hidden * expert_inter
+    per_expert = 3 * hidden * sizes.expert_inter
     inactive = n_layers * (experts - top_k) * per_expert
     dense_ffn = 3 * hidden * inter
     # Multiply-adds per token of one layer's FFN: router + k experts + shared
@@ -627,14 +792,14 @@ def _report(
         dense_total -= n_layers * (3 * hidden * shared_inter + hidden)
     return UpcycleReport(
         out=str(out),
-        mode=mode,
+        mode=opts.mode,
         architecture=target.architecture,
         experts=experts,
         top_k=top_k,
-        expert_intermediate=expert_inter,
+        expert_intermediate=sizes.expert_inter,
         shared_intermediate=shared_inter,
-        noise=noise,
-        router=router,
+        noise={"sigma": sizes.sigma, "relative": sizes.sigma_rel, "seed": opts.seed},
+        router=opts.router if opts.mode == "copy" else "fit",
         total_params=int(total),
         active_params=int(total - inactive),
         dense_params=int(dense_total),

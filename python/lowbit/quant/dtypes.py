@@ -6,6 +6,7 @@ import ml_dtypes
 import numpy as np
 
 from lowbit import _core
+from lowbit.quant.schemes import SCHEMES
 from lowbit.util.errors import ArgumentTypeError
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
@@ -17,7 +18,16 @@ _CORE_TYPES = {
     BFLOAT16: _core.DType.BF16,
 }
 
-FLOAT_SCHEME_DTYPES = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16), "bf16": BFLOAT16}
+
+def named(name: str) -> np.dtype:
+    """The numpy dtype of a name the schemes use (``bfloat16`` is ml_dtypes')."""
+    return BFLOAT16 if name == "bfloat16" else np.dtype(name)
+
+
+# float scheme -> the dtype its values are stored as
+FLOAT_SCHEME_DTYPES = {
+    s.name: named(s.float_dtype) for s in SCHEMES.values() if s.float_dtype is not None
+}
 
 
 def core_dtype(dtype: np.dtype, name: str) -> _core.DType:

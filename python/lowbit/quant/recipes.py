@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lowbit.models.families import role_of
-from lowbit.quant.schemes import METHODS, fitting_group_sizes, get_scheme
+from lowbit.quant.schemes import fitting_group_sizes, get_scheme
 from lowbit.util.errors import ArgumentError
 
 FLOAT32_ROLES = frozenset({"norm", "attn_q_norm", "attn_k_norm", "bias"})
@@ -34,7 +34,7 @@ class Choice:
     method: str = "rtn"
 
     def describe(self) -> str:
-        if get_scheme(self.scheme).is_float:
+        if not get_scheme(self.scheme).takes_group_size:
             group = ""
         else:
             group = " per row" if self.group_size is None else f" group {self.group_size}"
@@ -131,11 +131,13 @@ def parse_rule(text: str) -> Rule:
         else:
             raise ArgumentError(f"scheme rule {text!r}: group {parts[1]!r} is not a size or 'row'")
     method = parts[2] if len(parts) > 2 else "rtn"
-    if method not in METHODS or (not scheme.is_float and method not in scheme.methods):
+    if not scheme.applies(method):
         raise ArgumentError(
             f"scheme rule {text!r}: method {method!r} does not apply to {scheme.name}"
         )
-    return Rule(pattern, Choice(scheme.name, None if scheme.is_float else group, method), text)
+    if not scheme.takes_group_size:
+        group = None
+    return Rule(pattern, Choice(scheme.name, group, method), text)
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ class Recipe:
                 break
         cols = shape[-1]
         gs = choice.group_size
-        if get_scheme(choice.scheme).is_float or gs is None or gs in fitting_group_sizes(cols):
+        grouped = get_scheme(choice.scheme).takes_group_size
+        if not grouped or gs is None or gs in fitting_group_sizes(cols):
             return TensorPlan(name, role, shape, choice, source)
         fallback = self.preset.fallback
         why = (

@@ -8,6 +8,7 @@ use a fixed offset as their zero (``int4`` stores ``q + 8``, ``ternary`` ``q + 1
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lowbit.util.errors import ArgumentError
@@ -16,6 +17,25 @@ METHODS = ("rtn", "mse", "hqq")
 
 # Codes are packed into 16-byte blocks; see src/quant/quant_params.h.
 BLOCK_BYTES = 16
+
+# The tensor name suffix of each array an integer scheme stores, by its key in
+# the manifest entry's ``stored``.
+_INT_SUFFIXES = {"values": ".codes", "scales": ".scales", "zeros": ".zeros"}
+
+
+@dataclass(frozen=True)
+class StoredArray:
+    """One array a weight is stored as.
+
+    ``key``: its field in the manifest entry's ``stored`` (values, scales or
+    zeros); ``suffix``: what its tensor name adds to the weight's name;
+    ``dtype``: a numpy dtype name; ``shape``: as stored.
+    """
+
+    key: str
+    suffix: str
+    dtype: str
+    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -28,7 +48,8 @@ class Scheme:
     with e the value of largest magnitude, sign kept, max on a tie, and
     ``scale_divisor = qmin``: e lands on qmin, as in llama.cpp's Q4_0),
     ``meanabs`` (scale = mean|x|) or ``minmax`` (asymmetric, with a zero
-    point). Float schemes have ``rule == "float"``.
+    point). Float schemes have ``rule == "float"`` and store their values as
+    ``float_dtype`` (a numpy dtype name).
     """
 
     name: str
@@ -41,6 +62,7 @@ class Scheme:
     default_group_size: int | None = None
     methods: tuple[str, ...] = ("rtn",)
     summary: str = ""
+    float_dtype: str | None = None
 
     @property
     def is_float(self) -> bool:
@@ -49,6 +71,58 @@ class Scheme:
     @property
     def asymmetric(self) -> bool:
         return self.rule == "minmax"
+
+    @property
+    def takes_group_size(self) -> bool:
+        """Whether weights share scales by group: integer schemes do; a float
+        scheme stores values alone, so it has no group size."""
+        return not self.is_float
+
+    def applies(self, method: str) -> bool:
+        """Whether quantization method ``method`` can be asked of this scheme
+        (a float scheme takes any and ignores it: it only casts)."""
+        return method in METHODS and (self.is_float or method in self.methods)
+
+    @property
+    def stored_keys(self) -> tuple[str, ...]:
+        """The arrays a weight is stored as, by their key in the manifest's
+        ``stored``: its values; or codes (as ``values``), scales and, for an
+        asymmetric scheme, zero points."""
+        if self.is_float:
+            return ("values",)
+        return ("values", "scales", "zeros") if self.asymmetric else ("values", "scales")
+
+    def suffix(self, key: str) -> str:
+        """What the tensor name of stored array ``key`` adds to the weight's
+        name: nothing for float values, else ``.codes``, ``.scales``, ``.zeros``."""
+        return "" if self.is_float else _INT_SUFFIXES[key]
+
+    def stored_arrays(
+        self, shape: tuple[int, ...], group_size: int | None
+    ) -> tuple[StoredArray, ...]:
+        """The arrays a weight of ``shape`` is stored as, in the order written.
+
+        Float values keep the weight's shape. Codes, scales and zero points are
+        2-D, expert stacks flattened to rows: codes ``[rows, row_bytes]``
+        (int8 only for the signed 8-bit scheme; packed codes are bytes),
+        scales and zeros ``[rows, groups]``, float16 for groups and float32
+        per row.
+        """
+        if self.is_float:
+            assert self.float_dtype is not None
+            return (StoredArray("values", "", self.float_dtype, tuple(shape)),)
+        rows, cols = math.prod(shape[:-1]), shape[-1]
+        groups = 1 if group_size is None else cols // group_size
+        param = "float32" if group_size is None else "float16"
+        code = "int8" if self.bits == 8 and self.qmin < 0 else "uint8"
+        dtypes_shapes = {
+            "values": (code, (rows, self.row_bytes(cols))),
+            "scales": (param, (rows, groups)),
+            "zeros": (param, (rows, groups)),
+        }
+        return tuple(
+            StoredArray(key, self.suffix(key), *dtypes_shapes[key]) for key in self.stored_keys
+        )
 
     @property
     def codes_per_block(self) -> int:
@@ -116,9 +190,23 @@ SCHEMES: dict[str, Scheme] = {
             methods=("rtn", "mse"),
             summary="{-1, 0, 1} with scale = mean|x| (BitNet b1.58), stored as q + 1",
         ),
-        Scheme(name="f32", bits=32, rule="float", summary="float32, unchanged"),
-        Scheme(name="f16", bits=16, rule="float", summary="float16, round to nearest even"),
-        Scheme(name="bf16", bits=16, rule="float", summary="bfloat16, round to nearest even"),
+        Scheme(
+            name="f32", bits=32, rule="float", summary="float32, unchanged", float_dtype="float32"
+        ),
+        Scheme(
+            name="f16",
+            bits=16,
+            rule="float",
+            summary="float16, round to nearest even",
+            float_dtype="float16",
+        ),
+        Scheme(
+            name="bf16",
+            bits=16,
+            rule="float",
+            summary="bfloat16, round to nearest even",
+            float_dtype="bfloat16",
+        ),
     )
 }
 

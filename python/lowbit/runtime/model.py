@@ -21,7 +21,8 @@ import numpy as np
 from lowbit import _core
 from lowbit.formats.inspect_model import inspect_model, kv_cache_bytes
 from lowbit.formats.layout import stored_tensor
-from lowbit.formats.manifest import load as load_manifest
+from lowbit.formats.manifest import WeightEntry
+from lowbit.formats.manifest import read as read_manifest
 from lowbit.formats.npz import NPZ_FORMAT_VERSION
 from lowbit.formats.safetensors import Checkpoint, CheckpointError, refuse_custom_code
 from lowbit.models.config import check_layers, read_config
@@ -104,8 +105,9 @@ class Model:
         self.path = path
         refuse_custom_code(path)
         side_files(path)  # config and tokenizer files: no symlink out of the directory
-        self.manifest = load_manifest(path)
-        if self.manifest["format_version"] == NPZ_FORMAT_VERSION:
+        self._manifest = read_manifest(path)
+        self.manifest = self._manifest.document
+        if self._manifest.format_version == NPZ_FORMAT_VERSION:
             raise ModelLoadError(
                 f"{path}: the NPZ layout is for exchange; convert with --format lowbit to run it"
             )
@@ -114,7 +116,7 @@ class Model:
             raise ModelLoadError(f"{path}: " + "; ".join(report.problems))
         config_file = path / "config.json"
         self.config = read_config(config_file)
-        check_layers(self.config, (w["name"] for w in self.manifest["weights"]), config_file)
+        check_layers(self.config, (w.name for w in self._manifest.weights), config_file)
         self.family = family_of(self.config).name
         model_ctx = int(self.manifest["model"]["context_length"])
         if context_length is None:
@@ -145,14 +147,14 @@ class Model:
         try:
             # Only the files the manifest lists (and inspect checked), never
             # the index: what --verify hashed is all that is read.
-            ck = Checkpoint(self.path, files=[f["name"] for f in self.manifest["files"]])
+            ck = Checkpoint(self.path, files=[f.name for f in self._manifest.files])
         except CheckpointError as e:
             raise ModelLoadError(str(e)) from None
         weights: dict[_core.WeightKey, _core.Weight] = {}
         vectors: dict[_core.WeightKey, np.ndarray] = {}
         plus_one = norm_plus_one(self.family)
-        for w in self.manifest["weights"]:
-            place = core_tensor(w["name"], self.family)
+        for w in self._manifest.weights:
+            place = core_tensor(w.name, self.family)
             if place is None:
                 continue
             try:
@@ -162,21 +164,21 @@ class Model:
             except ValueError as e:
                 # The core's checks of stored data (NaN or Inf in a vector,
                 # codes that do not fit the shape): bad input, from this file.
-                raise ModelLoadError(f"{self.path / w['stored']['file']}: {e}") from None
+                raise ModelLoadError(f"{self.path / w.stored.file}: {e}") from None
         return weights, vectors
 
     @staticmethod
     def _read_weight(
         ck: Checkpoint,
-        w: dict[str, Any],
+        w: WeightEntry,
         place: CoreTensor,
         plus_one: bool,
         weights: dict[_core.WeightKey, _core.Weight],
         vectors: dict[_core.WeightKey, np.ndarray],
     ) -> None:
-        name, shape = w["name"], tuple(w["shape"])
+        name, shape = w.name, w.shape
         if len(shape) == 1:
-            v = cast(ck.get(w["stored"]["values"]), np.float32, name)
+            v = cast(ck.get(w.stored.values), np.float32, name)
             if plus_one and place.kind.is_norm:
                 v = (np.float32(1.0) + v).astype(np.float32)
             if place.key is not None:  # (a 1-D fused stack: nothing the core reads)
