@@ -399,3 +399,23 @@ def test_upcycled_model_converts_with_moe_q4_and_runs(
     ids = prompt_ids()
     ref = hf_logits(write_dequantized(out, tmp_path / "deq"), ids)
     assert relative_error(lowbit.load(out).forward(ids), ref) < 1e-4
+
+
+def test_load_balance_pairs_each_router_with_its_own_layer() -> None:
+    """Routers arrive in the checkpoint's name order (0, 1, 10, 11, ..., 2);
+    each layer's router must meet that layer's FFN inputs."""
+    from lowbit.eval.text import EvalWindows
+    from lowbit.moe.upcycle import _load_balance
+
+    rng = np.random.default_rng(0)
+    layers, experts, hidden = 12, 4, 8
+    stats = [rng.standard_normal((64, hidden)).astype(np.float32) for _ in range(layers)]
+    routers = {i: rng.standard_normal((experts, hidden)).astype(np.float32) for i in range(layers)}
+    calib = EvalWindows(np.zeros((1, 4), np.int64), 4, "test")
+    in_order = _load_balance(routers, stats, 2, calib)
+    by_name = sorted(routers, key=str)  # 0, 1, 10, 11, 2, ...
+    shuffled = _load_balance({i: routers[i] for i in by_name}, stats, 2, calib)
+    assert shuffled == in_order
+    for i in (2, 10):
+        alone = _load_balance({0: routers[i]}, [stats[i]], 2, calib)
+        assert alone["cv_per_layer"][0] == pytest.approx(in_order["cv_per_layer"][i])

@@ -553,18 +553,19 @@ def _output_jobs(
     opts: UpcycleOptions,
     splits: list[SplitLayer] | None,
     stats: list[np.ndarray] | None,
-) -> tuple[list[TensorJob], list[np.ndarray]]:
+) -> tuple[list[TensorJob], dict[int, np.ndarray]]:
     """The output's tensors as jobs, in the source's order: a tensor outside
     the FFNs is copied; each layer's FFN becomes one job (at its gate
-    projection), its MoE block. And the list that receives each block's
-    router (float32) as its job is written."""
+    projection), its MoE block. And the dict that receives each block's
+    router (float32), by layer, as its job is written (by layer, since the
+    source's order is the names' lexicographic order: 0, 1, 10, 11, ...)."""
     dense_names = {
         _DENSE.format(l=i, p=p): (i, p) for i in range(sizes.layers) for p in ("gate", "up", "down")
     }
     for name in dense_names:
         ck.info(name)  # a clear error naming a missing FFN tensor
     jobs: list[TensorJob] = []
-    routers: list[np.ndarray] = []
+    routers: dict[int, np.ndarray] = {}
     for name in ck.names():
         dt = ck.get(name).dtype
         if name not in dense_names:
@@ -645,18 +646,18 @@ def _moe_block(
     opts: UpcycleOptions,
     copy_router: Callable[[], np.ndarray],
     split: SplitLayer | None,
-    routers: list[np.ndarray],
+    routers: dict[int, np.ndarray],
 ) -> TensorJob:
     """Layer ``layer``'s MoE block as one job: the router, the experts (gate,
     up, down each), then the shared expert, in ``dt``. The router is made and
     the dense FFN read when the job is written, so one layer's is in memory
-    at a time; the router is appended to ``routers`` then."""
+    at a time; the router goes into ``routers[layer]`` then."""
     parts = _block_parts(layer, target, sizes, opts, split)
     specs = tuple(TensorSpec(part.name, dt, part.shape) for part in parts)
 
     def make() -> Iterator[np.ndarray]:
         ffn = _dense_ffn(ck, layer, sizes, copy_router, split)
-        routers.append(ffn.router)
+        routers[layer] = ffn.router
         for part in parts:
             yield part.make(ffn).astype(dt)
 
@@ -808,13 +809,16 @@ def _report(
 
 
 def _load_balance(
-    routers: list[np.ndarray], stats: list[np.ndarray], top_k: int, calib: EvalWindows
+    routers: dict[int, np.ndarray], stats: list[np.ndarray], top_k: int, calib: EvalWindows
 ) -> dict[str, Any]:
     """Fraction of routed slots per expert over the calibration tokens (each
-    layer's router on the dense model's FFN inputs), and its coefficient of
-    variation (0: perfectly even)."""
+    layer's router on the dense model's FFN inputs, ``stats[layer]``), and its
+    coefficient of variation (0: perfectly even)."""
+    if sorted(routers) != list(range(len(stats))):
+        raise AssertionError(f"routers of layers {sorted(routers)} for {len(stats)} layers")
     fractions = []
-    for r, s in zip(routers, stats, strict=True):
+    for layer, s in enumerate(stats):
+        r = routers[layer]
         mask = topk_mask(s @ r.T.astype(np.float32), top_k)
         fractions.append(mask.sum(axis=0) / mask.sum())
     f = np.stack(fractions)
