@@ -20,9 +20,11 @@ if TYPE_CHECKING:
     from lowbit.quant.schemes import schemes
     from lowbit.runtime.model import Model, load
     from lowbit.sources.hub import download
+    from lowbit.util.errors import LowbitError
 
 # public name -> the module that defines it
 _PUBLIC = {
+    "LowbitError": "lowbit.util.errors",
     "Model": "lowbit.runtime.model",
     "QuantizedTensor": "lowbit.quant.quantize",
     "convert": "lowbit.conversion.convert",
@@ -70,6 +72,7 @@ def num_threads() -> int:
 
 
 __all__ = [
+    "LowbitError",
     "Model",
     "QuantizedTensor",
     "__version__",
