@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lowbit import _core
 from lowbit.errors import ArgumentError
 
 METHODS = ("rtn", "mse", "hqq")
 
 # Codes are packed into 16-byte blocks; see src/quant/quant_params.h.
-BLOCK_BYTES = 16
+BLOCK_BYTES: int = _core.BLOCK_BYTES
 
 
 @dataclass(frozen=True)
