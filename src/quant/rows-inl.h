@@ -1,6 +1,8 @@
 // Row drivers of the quantize kernels, called by quantize.cc on ranges of
 // rows: quantize (statistics, parameter search, encoding), dequantize, and
-// the reconstruction error measured against the decoded rows.
+// the reconstruction error measured against the decoded rows. The NumPy
+// reference in python/lowbit/reference.py is the spec: for rtn the codes
+// here equal its codes bit for bit.
 
 // Per-target include guard: this file is included once for each target.
 #if defined(LOWBIT_QUANT_ROWS_INL_H_) == defined(HWY_TARGET_TOGGLE)

@@ -20,6 +20,7 @@ HWY_BEFORE_NAMESPACE();
 namespace lowbit {
 namespace HWY_NAMESPACE {
 
+// One group's statistics, as the parameter searches take them.
 struct GroupStats {
   float min;
   float max;
