@@ -14,7 +14,7 @@ export PIP_ROOT_USER_ACTION=ignore
 export PIP_BREAK_SYSTEM_PACKAGES=1
 
 apt_missing=()
-for pkg in libhwy-dev cmake g++ make; do
+for pkg in libhwy-dev libgtest-dev cmake g++ make; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
     apt_missing+=("$pkg")
 done

@@ -348,6 +348,28 @@ PYBIND11_MODULE(_core, m) {
   IntField(params, "QuantParams", "group_size", &QuantParams::group_size,
            size_t{0}, kMaxCols);
 
+  // Layout and search constants, for python/lowbit/schemes.py and the NumPy
+  // reference (reference.py): one definition, in quant_params.h.
+  m.attr("BLOCK_BYTES") = kBlockBytes;
+  m.attr("HQQ_LP_NORM") = kHqqLpNorm;
+  m.attr("HQQ_BETA") = kHqqBeta;
+  m.attr("HQQ_KAPPA") = kHqqKappa;
+  m.attr("HQQ_ITERS") = kHqqIters;
+  // The clip ratios MseRatio gives for steps 0 .. MseSteps - 1, for the
+  // rules other than meanabs and for meanabs. Step 0 is never tried: the
+  // search (kernels and reference) starts from ratio 1.
+  auto mse_ratios = [](ScaleRule rule) {
+    QuantParams p;
+    p.rule = rule;
+    py::tuple ratios(MseSteps(p));
+    for (int step = 0; step < MseSteps(p); ++step) {
+      ratios[step] = MseRatio(p, step);
+    }
+    return ratios;
+  };
+  m.attr("MSE_RATIOS") = mse_ratios(ScaleRule::kAbsMax);
+  m.attr("MSE_RATIOS_MEANABS") = mse_ratios(ScaleRule::kMeanAbs);
+
   m.def(
       "row_bytes",
       [](const py::object& cols, const py::object& bits) {

@@ -1,11 +1,26 @@
-// Dispatch and threading for the kernels in quantize-inl.h.
+// Dispatch and threading for the quantize kernels: the row drivers in
+// rows-inl.h (on stats-inl.h, the search_*-inl.h parameter searches and
+// encode-inl.h) and the float casts in cast-inl.h.
 #include "quant/quantize.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "quant/quantize.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
-#include "quant/quantize-inl.h"
+#include "quant/cast-inl.h"
+#include "quant/rows-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace lowbit {
+namespace HWY_NAMESPACE {
+
+// The target this copy of the kernels was compiled for: tells tests which
+// one dynamic dispatch picked.
+int64_t KernelTarget() { return HWY_TARGET; }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace lowbit
+HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
 #include <algorithm>

@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from lowbit import _core
 from lowbit.quant.schemes import Scheme
 
 F32 = np.float32
 Params = tuple[np.ndarray, np.ndarray, np.ndarray]  # scale, 1/scale, zero per group
 
-# Clip-ratio grids of the ``mse`` method (src/quant/quant_params.h: MseRatio).
-MSE_RATIOS = tuple(F32(1.0 - 0.025 * i) for i in range(20))
-MSE_RATIOS_MEANABS = tuple(F32(0.5 + 0.05 * i) for i in range(21))
+# Clip-ratio grids of the ``mse`` method, from the core (src/quant/quant_params.h:
+# MseRatio): the float32 values the kernels use.
+MSE_RATIOS = tuple(F32(r) for r in _core.MSE_RATIOS)
+MSE_RATIOS_MEANABS = tuple(F32(r) for r in _core.MSE_RATIOS_MEANABS)
 
-# HQQ's published defaults: lp-norm, beta, kappa, iterations.
-HQQ_LP_NORM = F32(0.7)
-HQQ_BETA = F32(10.0)
-HQQ_KAPPA = F32(1.01)
-HQQ_ITERS = 20
+# HQQ's published defaults, from the core: lp-norm, beta, kappa, iterations.
+HQQ_LP_NORM = F32(_core.HQQ_LP_NORM)
+HQQ_BETA = F32(_core.HQQ_BETA)
+HQQ_KAPPA = F32(_core.HQQ_KAPPA)
+HQQ_ITERS: int = _core.HQQ_ITERS
 
 
 def _store(v: np.ndarray, f16: bool) -> np.ndarray:

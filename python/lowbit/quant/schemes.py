@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lowbit import _core
 from lowbit.util.errors import ArgumentError
 
 METHODS = ("rtn", "mse", "hqq")
 
 # Codes are packed into 16-byte blocks; see src/quant/quant_params.h.
-BLOCK_BYTES = 16
+BLOCK_BYTES: int = _core.BLOCK_BYTES
 
 # The tensor name suffix of each array an integer scheme stores, by its key in
 # the manifest entry's ``stored``.
