@@ -78,6 +78,17 @@ def _leftovers(out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _interrupt_and_check(child: subprocess.Popen, command: str, out: Path) -> None:
+    """Ctrl-C to a running ``lowbit COMMAND ... OUT``: exit 130, one line on
+    stderr, and nothing left of OUT."""
+    child.send_signal(signal.SIGINT)
+    _stdout, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130
+    assert stderr == f"lowbit {command}: interrupted\n"
+    assert not out.exists()
+    assert _leftovers(out) == []
+
+
 def _start_paused(tmp_path: Path, argv: list[str]) -> tuple[subprocess.Popen[str], Path]:
     ready, go = tmp_path / "ready", tmp_path / "go"
     child = subprocess.Popen(
@@ -337,12 +348,7 @@ def test_ctrl_c_mid_convert_exits_130_with_one_line_and_leaves_nothing(tiny_chec
     out = tmp_path / "out"
     child, _go = _start_paused(tmp_path, ["convert", str(src), str(out), "--quiet"])
     assert (tmp_path / "out.partial").is_dir()
-    child.send_signal(signal.SIGINT)
-    _stdout, stderr = child.communicate(timeout=60)
-    assert child.returncode == 130
-    assert stderr == "lowbit convert: interrupted\n"
-    assert not out.exists()
-    assert _leftovers(out) == []
+    _interrupt_and_check(child, "convert", out)
 
 
 def test_a_waiting_lock_is_taken_when_the_holder_ends(tmp_path):
@@ -405,9 +411,4 @@ def test_ctrl_c_mid_upcycle_exits_130_with_one_line_and_leaves_nothing(tiny_chec
         time.sleep(0.05)
     assert ready.exists(), child.communicate(timeout=10) if child.poll() is not None else ""
     assert (tmp_path / "moe.partial").is_dir()
-    child.send_signal(signal.SIGINT)
-    _stdout, stderr = child.communicate(timeout=60)
-    assert child.returncode == 130
-    assert stderr == "lowbit upcycle: interrupted\n"
-    assert not out.exists()
-    assert _leftovers(out) == []
+    _interrupt_and_check(child, "upcycle", out)

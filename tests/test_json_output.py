@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import lowbit
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from lowbit.cli import main
 from lowbit.util import jsonout
-from tiny_tokenizer import TEXT, write_tiny_tokenizer
+from tiny_tokenizer import with_tokenizer_and_text
 
 
 def _reject(name: str) -> None:
@@ -29,13 +28,9 @@ def strict_loads(text: str):
 def setup(tiny_checkpoint, tmp_path_factory):
     """(source with tokenizer, f32 model, text file)."""
     root = tmp_path_factory.mktemp("json")
-    src = root / "src"
-    shutil.copytree(tiny_checkpoint("qwen2"), src)
-    write_tiny_tokenizer(src)
+    src, text = with_tokenizer_and_text(tiny_checkpoint("qwen2"), root)
     model = root / "f32"
     lowbit.convert(src, model, preset="f32", progress=False)
-    text = root / "text.txt"
-    text.write_text(TEXT * 4)
     return src, model, text
 
 

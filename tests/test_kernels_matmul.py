@@ -108,23 +108,28 @@ def test_matmul_kernels_every_scheme(
     qt = lowbit.quantize(w, scheme, group_size=gs, method=method)
     wq = qt.dequantize().astype(np.float64)
     weight = qt.weight()
-    before = lowbit.num_threads()
     for n in MATMUL_NS:
         x = rng.standard_normal((n, cols)).astype(np.float32)
         want = x.astype(np.float64) @ wq.T
-        try:
-            lowbit.set_num_threads(1)
-            one = weight.matmul(x)
-            lowbit.set_num_threads(2)
-            two = weight.matmul(x)
-        finally:
-            lowbit.set_num_threads(before)
+        one, two = _on_one_and_two_threads(weight, x)
         assert one.shape == (n, MATMUL_ROWS)
         assert one.dtype == np.float32
         np.testing.assert_array_equal(one, two, err_msg=f"n={n}: threads changed the result")
         err = np.abs(one.astype(np.float64) - want)
         bound = _matmul_bound(x, wq)
         assert np.all(err <= bound), f"n={n}: worst error/bound {np.max(err / bound):.3g}"
+
+
+def _on_one_and_two_threads(weight, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``weight.matmul(x)`` with 1 kernel thread, then with 2."""
+    before = lowbit.num_threads()
+    try:
+        lowbit.set_num_threads(1)
+        one = weight.matmul(x)
+        lowbit.set_num_threads(2)
+        return one, weight.matmul(x)
+    finally:
+        lowbit.set_num_threads(before)
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4", "uint4", "uint1", "f16"])
@@ -134,14 +139,7 @@ def test_matmul_thread_count_many_tasks(scheme: str, n: int, rng: np.random.Gene
     w = rng.standard_normal((1031, 208)).astype(np.float32)
     x = rng.standard_normal((n, 208)).astype(np.float32)
     weight = lowbit.quantize(w, scheme, group_size=16 if scheme == "int4" else None).weight()
-    before = lowbit.num_threads()
-    try:
-        lowbit.set_num_threads(1)
-        one = weight.matmul(x)
-        lowbit.set_num_threads(2)
-        two = weight.matmul(x)
-    finally:
-        lowbit.set_num_threads(before)
+    one, two = _on_one_and_two_threads(weight, x)
     np.testing.assert_array_equal(one, two)
 
 

@@ -14,7 +14,7 @@ from lowbit.cli import main
 from lowbit.eval.tolerances import ToleranceError, load_tolerances
 from lowbit.eval.validate import validate
 from lowbit.testing import assert_within_tolerance
-from tiny_tokenizer import TEXT, write_tiny_tokenizer
+from tiny_tokenizer import with_tokenizer_and_text
 
 pytest.importorskip("transformers")
 
@@ -25,11 +25,7 @@ OPTIONS = {"context": 16, "max_tokens": 64}
 def setup(tiny_checkpoint, tmp_path_factory):
     """(baseline with tokenizer, text file, f32 model, q4 model, cache dir)."""
     root = tmp_path_factory.mktemp("validate")
-    src = root / "src"
-    shutil.copytree(tiny_checkpoint("qwen2"), src)
-    write_tiny_tokenizer(src)
-    text = root / "text.txt"
-    text.write_text(TEXT * 4)
+    src, text = with_tokenizer_and_text(tiny_checkpoint("qwen2"), root)
     models = {}
     for preset in ("f32", "q4"):
         models[preset] = root / preset

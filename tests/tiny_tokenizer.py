@@ -35,3 +35,16 @@ def write_tiny_tokenizer(model_dir: Path, vocab_size: int = 96) -> None:
     tok.save(str(model_dir / "tokenizer.json"))
     config = {"bos_token": "<s>", "eos_token": "</s>", "chat_template": CHAT_TEMPLATE}
     (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def with_tokenizer_and_text(checkpoint: Path, root: Path) -> tuple[Path, Path]:
+    """A copy of ``checkpoint`` in ``root/src`` with the tiny tokenizer, and a
+    text file of it (``root/text.txt``) to validate on."""
+    import shutil
+
+    src = root / "src"
+    shutil.copytree(checkpoint, src)
+    write_tiny_tokenizer(src)
+    text = root / "text.txt"
+    text.write_text(TEXT * 4)
+    return src, text

@@ -17,19 +17,9 @@
 #include "util/thread_pool.h"
 
 namespace lowbit {
+// In testing_util's namespace: its helpers need no using-declarations.
+namespace testing_util {
 namespace {
-
-using testing_util::Allocate;
-using testing_util::DecodeRef;
-using testing_util::ExactBF16Bits;
-using testing_util::ExactF16Bits;
-using testing_util::ParamsOf;
-using testing_util::Quantized;
-using testing_util::RandomFloats;
-using testing_util::RoundToBF16Ref;
-using testing_util::RoundToF16Ref;
-using testing_util::SameBits;
-using testing_util::Schemes;
 
 // A weight matrix in one format, with the float32 values it stands for and,
 // per element, the magnitude its product terms can reach (|w|, or for codes
@@ -223,4 +213,5 @@ TEST_P(MatMulTest, SumFloatsMatchesADoubleSum) {
 }
 
 }  // namespace
+}  // namespace testing_util
 }  // namespace lowbit

@@ -16,10 +16,9 @@
 #include "util/targets.h"
 
 namespace lowbit {
+// In testing_util's namespace: its helpers need no using-declarations.
+namespace testing_util {
 namespace {
-
-using testing_util::RandomFloats;
-using testing_util::SameBits;
 
 // Lengths around every vector width: a lone element, tails, long rows.
 const size_t kLengths[] = {1, 3, 8, 17, 100, 1027};
@@ -354,4 +353,5 @@ TEST(UpcycleTest, BalancedKMeansIsBalancedAndTheSameOnEveryTarget) {
 }
 
 }  // namespace
+}  // namespace testing_util
 }  // namespace lowbit

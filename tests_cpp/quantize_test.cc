@@ -11,6 +11,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -20,22 +21,9 @@
 #include "util/errors.h"
 
 namespace lowbit {
+// In testing_util's namespace: its helpers need no using-declarations.
+namespace testing_util {
 namespace {
-
-using testing_util::Allocate;
-using testing_util::BF16BitsToFloat;
-using testing_util::DecodeRef;
-using testing_util::ExactBF16Bits;
-using testing_util::ExactF16Bits;
-using testing_util::F16BitsToFloat;
-using testing_util::ParamsOf;
-using testing_util::Quantized;
-using testing_util::RandomFloats;
-using testing_util::RoundToBF16Ref;
-using testing_util::RoundToF16Ref;
-using testing_util::SameBits;
-using testing_util::Scheme;
-using testing_util::Schemes;
 
 // ---------------------------------------------------------------- reference
 
@@ -320,40 +308,53 @@ TEST_P(QuantizeTest, DispatchesToTheForcedTarget) {
   EXPECT_EQ(DispatchedTarget(), GetParam());
 }
 
-TEST_P(QuantizeTest, RtnMatchesScalarQuantizeBitForBit) {
-  uint32_t seed = 1;
+// Quantizes the input of every case that `applies` with `method` (one seed
+// a case, counted from `seed`) and calls check(c, p, in, q).
+template <typename Applies, typename Check>
+void ForEachQuantizedCase(Method method, uint32_t seed, Applies applies,
+                          Check check) {
   for (const Case& c : Cases()) {
+    if (!applies(c)) continue;
     SCOPED_TRACE(c.Name());
-    const QuantParams p = ParamsOf(*c.scheme, c.group_size, Method::kRtn);
+    const QuantParams p = ParamsOf(*c.scheme, c.group_size, method);
     const Input in = MakeInput(kRows, c.cols, c.dtype, seed++);
-    const Quantized got = QuantizeKernel(in, kRows, c.cols, p);
-    const Quantized want = QuantizeRef(in.values, kRows, c.cols, p);
-    EXPECT_EQ(got.codes, want.codes);
-    // Parameters as values: the sign of a zero scale (an all-zero group)
-    // is not the same on every target. Highway 1.0.3's emulated float16
-    // demotion (SSSE3, SSE4, SCALAR) stores -0 as +0; x^ is 0 either way.
-    EXPECT_EQ(ParamValues(got, false), ParamValues(want, false));
-    EXPECT_EQ(ParamValues(got, true), ParamValues(want, true));
+    Quantized q = QuantizeKernel(in, kRows, c.cols, p);
+    check(c, p, in, q);
   }
 }
 
+bool AllCases(const Case&) { return true; }
+
+TEST_P(QuantizeTest, RtnMatchesScalarQuantizeBitForBit) {
+  ForEachQuantizedCase(
+      Method::kRtn, 1, AllCases,
+      [](const Case& c, const QuantParams& p, const Input& in,
+         const Quantized& got) {
+        const Quantized want = QuantizeRef(in.values, kRows, c.cols, p);
+        EXPECT_EQ(got.codes, want.codes);
+        // Parameters as values: the sign of a zero scale (an all-zero group)
+        // is not the same on every target. Highway 1.0.3's emulated float16
+        // demotion (SSSE3, SSE4, SCALAR) stores -0 as +0; x^ is 0 either way.
+        EXPECT_EQ(ParamValues(got, false), ParamValues(want, false));
+        EXPECT_EQ(ParamValues(got, true), ParamValues(want, true));
+      });
+}
+
 TEST_P(QuantizeTest, DequantizeMatchesScalarDecodeBitForBit) {
-  uint32_t seed = 100;
-  for (const Case& c : Cases()) {
-    SCOPED_TRACE(c.Name());
-    const QuantParams p = ParamsOf(*c.scheme, c.group_size, Method::kRtn);
-    const Input in = MakeInput(kRows, c.cols, c.dtype, seed++);
-    const Quantized q = QuantizeKernel(in, kRows, c.cols, p);
-    std::vector<float> got(kRows * c.cols);
-    DequantizeMatrix(q.codes.data(), q.scales.data(),
-                     p.asymmetric() ? q.zeros.data() : nullptr, kRows, c.cols,
-                     p, got.data());
-    const std::vector<float> want = DecodeRef(q);
-    for (size_t i = 0; i < got.size(); ++i) {
-      ASSERT_TRUE(SameBits(got[i], want[i]))
-          << "element " << i << ": " << got[i] << " vs " << want[i];
-    }
-  }
+  ForEachQuantizedCase(
+      Method::kRtn, 100, AllCases,
+      [](const Case& c, const QuantParams& p, const Input&,
+         const Quantized& q) {
+        std::vector<float> got(kRows * c.cols);
+        DequantizeMatrix(q.codes.data(), q.scales.data(),
+                         p.asymmetric() ? q.zeros.data() : nullptr, kRows,
+                         c.cols, p, got.data());
+        const std::vector<float> want = DecodeRef(q);
+        for (size_t i = 0; i < got.size(); ++i) {
+          ASSERT_TRUE(SameBits(got[i], want[i]))
+              << "element " << i << ": " << got[i] << " vs " << want[i];
+        }
+      });
 }
 
 // Outputs of 32 MiB and more take the streaming-store path.
@@ -388,81 +389,81 @@ TEST_P(QuantizeTest, LargeDequantizeStreamsTheSameValues) {
 }
 
 TEST_P(QuantizeTest, ReconstructionErrorMatchesScalarSums) {
-  uint32_t seed = 200;
-  for (const Case& c : Cases()) {
-    SCOPED_TRACE(c.Name());
-    const QuantParams p = ParamsOf(*c.scheme, c.group_size, Method::kRtn);
-    const Input in = MakeInput(kRows, c.cols, c.dtype, seed++);
-    Quantized q = QuantizeKernel(in, kRows, c.cols, p);
-    std::vector<double> signal(kRows), noise(kRows);
-    ReconstructionError(in.bytes.data(), in.dtype, q.codes.data(),
-                        q.scales_data(), q.zeros_data(), kRows, c.cols, p,
-                        signal.data(), noise.data());
-    const std::vector<float> rec = DecodeRef(q);
-    for (size_t r = 0; r < kRows; ++r) {
-      double sig = 0.0, err = 0.0;
-      for (size_t i = r * c.cols; i < (r + 1) * c.cols; ++i) {
-        const double v = in.values[i];
-        sig += v * v;
-        err += (v - rec[i]) * (v - rec[i]);
-      }
-      // The kernels sum float32 lanes: a relative error of a few 1e-7.
-      EXPECT_NEAR(signal[r], sig, 1e-5 * sig) << "row " << r;
-      EXPECT_NEAR(noise[r], err, 1e-5 * err + 1e-30) << "row " << r;
-    }
-  }
+  ForEachQuantizedCase(
+      Method::kRtn, 200, AllCases,
+      [](const Case& c, const QuantParams& p, const Input& in, Quantized& q) {
+        std::vector<double> signal(kRows), noise(kRows);
+        ReconstructionError(in.bytes.data(), in.dtype, q.codes.data(),
+                            q.scales_data(), q.zeros_data(), kRows, c.cols, p,
+                            signal.data(), noise.data());
+        const std::vector<float> rec = DecodeRef(q);
+        for (size_t r = 0; r < kRows; ++r) {
+          double sig = 0.0, err = 0.0;
+          for (size_t i = r * c.cols; i < (r + 1) * c.cols; ++i) {
+            const double v = in.values[i];
+            sig += v * v;
+            err += (v - rec[i]) * (v - rec[i]);
+          }
+          // The kernels sum float32 lanes: a relative error of a few 1e-7.
+          EXPECT_NEAR(signal[r], sig, 1e-5 * sig) << "row " << r;
+          EXPECT_NEAR(noise[r], err, 1e-5 * err + 1e-30) << "row " << r;
+        }
+      });
+}
+
+// Quantizes every float32 case that `applies` with `method`, then calls
+// check(p, x, g, q, r, gi) for each group: its input x[0, g) and where it
+// landed (row r, group gi of q).
+template <typename Applies, typename Check>
+void ForEachSearchedGroup(Method method, uint32_t seed, Applies applies,
+                          Check check) {
+  ForEachQuantizedCase(
+      method, seed,
+      [&](const Case& c) { return c.dtype == DType::kF32 && applies(c); },
+      [&](const Case& c, const QuantParams& p, const Input& in,
+          const Quantized& q) {
+        const size_t g = q.group_size();
+        for (size_t r = 0; r < kRows; ++r) {
+          for (size_t gi = 0; gi < q.groups(); ++gi) {
+            SCOPED_TRACE("row " + std::to_string(r) + " group " +
+                         std::to_string(gi));
+            check(p, in.values.data() + r * c.cols + gi * g, g, q, r, gi);
+          }
+        }
+      });
 }
 
 // mse: the chosen parameters are one of the grid's candidates, with the
 // least error up to float32 summation (the kernels compare float32 sums).
 TEST_P(QuantizeTest, MseFindsTheLeastErrorOnTheGrid) {
-  uint32_t seed = 300;
-  for (const Case& c : Cases()) {
-    if (c.dtype != DType::kF32) continue;
-    SCOPED_TRACE(c.Name());
-    const QuantParams p = ParamsOf(*c.scheme, c.group_size, Method::kMse);
-    const Input in = MakeInput(kRows, c.cols, c.dtype, seed++);
-    const Quantized q = QuantizeKernel(in, kRows, c.cols, p);
-    const size_t g = q.group_size();
-    for (size_t r = 0; r < kRows; ++r) {
-      for (size_t gi = 0; gi < q.groups(); ++gi) {
-        const float* x = in.values.data() + r * c.cols + gi * g;
-        const std::vector<GroupParams> cands = MseCandidates(p, x, g);
+  ForEachSearchedGroup(
+      Method::kMse, 300, AllCases,
+      [](const QuantParams& p, const float* x, size_t g, const Quantized& q,
+         size_t r, size_t gi) {
         double least = std::numeric_limits<double>::infinity();
         bool on_grid = false;
         const float scale = q.scale(r, gi);
         const float zero = p.asymmetric() ? q.zero(r, gi) : 0.0f;
-        for (const GroupParams& cand : cands) {
+        for (const GroupParams& cand : MseCandidates(p, x, g)) {
           least = std::min(least, SseRef(p, x, g, cand));
           // Equal values: a zero group's scale is -0 or +0 by target.
           on_grid |= cand.scale == scale && cand.zero == zero;
         }
-        EXPECT_TRUE(on_grid) << "row " << r << " group " << gi;
+        EXPECT_TRUE(on_grid);
         const GroupParams chosen{scale, InverseRef(scale), zero};
-        EXPECT_LE(SseRef(p, x, g, chosen), least * (1 + 1e-4) + 1e-30)
-            << "row " << r << " group " << gi;
-      }
-    }
-  }
+        EXPECT_LE(SseRef(p, x, g, chosen), least * (1 + 1e-4) + 1e-30);
+      });
 }
 
 // hqq keeps the min/max scale, is never worse than rtn, and ends within 1%
 // of the scalar iteration (Highway's Exp/Log and std::pow differ in the last
 // bits, which can stop the iteration a step apart).
 TEST_P(QuantizeTest, HqqImprovesOnRtnLikeTheScalarIteration) {
-  uint32_t seed = 400;
-  for (const Case& c : Cases()) {
-    if (c.scheme->rule != ScaleRule::kMinMax || c.dtype != DType::kF32) {
-      continue;
-    }
-    SCOPED_TRACE(c.Name());
-    const QuantParams p = ParamsOf(*c.scheme, c.group_size, Method::kHqq);
-    const Input in = MakeInput(kRows, c.cols, c.dtype, seed++);
-    const Quantized q = QuantizeKernel(in, kRows, c.cols, p);
-    const size_t g = q.group_size();
-    for (size_t r = 0; r < kRows; ++r) {
-      for (size_t gi = 0; gi < q.groups(); ++gi) {
-        const float* x = in.values.data() + r * c.cols + gi * g;
+  ForEachSearchedGroup(
+      Method::kHqq, 400,
+      [](const Case& c) { return c.scheme->rule == ScaleRule::kMinMax; },
+      [](const QuantParams& p, const float* x, size_t g, const Quantized& q,
+         size_t r, size_t gi) {
         const GroupParams rtn = RtnRef(p, x, g, 1.0f);
         const GroupParams hqq = HqqRef(p, x, g);
         const GroupParams got{q.scale(r, gi), InverseRef(q.scale(r, gi)),
@@ -471,9 +472,7 @@ TEST_P(QuantizeTest, HqqImprovesOnRtnLikeTheScalarIteration) {
         const double sse = SseRef(p, x, g, got);
         EXPECT_LE(sse, SseRef(p, x, g, rtn) * (1 + 1e-5) + 1e-30);
         EXPECT_LE(sse, SseRef(p, x, g, hqq) * 1.01 + 1e-30);
-      }
-    }
-  }
+      });
 }
 
 TEST_P(QuantizeTest, ReportsTheFirstNonFiniteElement) {
@@ -594,40 +593,35 @@ TEST_P(CastTest, RoundsToNearestEvenLikeExactArithmetic) {
   }
 }
 
+// The error CastArray reports for float32 `v` cast to `to`: its kind and the
+// index it names.
+std::pair<ErrorKind, size_t> CastError(const std::vector<float>& v, DType to) {
+  std::vector<uint8_t> out(v.size() * sizeof(float));
+  ErrorSink errors;
+  CastArray(v.data(), DType::kF32, v.size(), out.data(), to, &errors);
+  return {errors.kind(), errors.col()};
+}
+
 TEST_P(CastTest, ReportsNonFiniteAndOverflowAtTheirIndex) {
-  std::vector<float> values = CastInputs();
-  std::vector<float> out32(values.size());
-  std::vector<uint16_t> out16(values.size());
-  {
-    std::vector<float> v = values;
-    v[5000] = std::numeric_limits<float>::quiet_NaN();
-    v[7000] = std::numeric_limits<float>::infinity();
-    ErrorSink errors;
-    CastArray(v.data(), DType::kF32, v.size(), out32.data(), DType::kF32,
-              &errors);
-    EXPECT_EQ(errors.kind(), ErrorKind::kNonFinite);
-    EXPECT_EQ(errors.col(), 5000u);
-  }
-  {
-    std::vector<float> v = values;
-    for (float& x : v) x = std::max(-60000.0f, std::min(60000.0f, x));
-    v[4100] = 65520.0f;  // the smallest value that rounds to float16 inf
-    ErrorSink errors;
-    CastArray(v.data(), DType::kF32, v.size(), out16.data(), DType::kF16,
-              &errors);
-    EXPECT_EQ(errors.kind(), ErrorKind::kCastOverflow);
-    EXPECT_EQ(errors.col(), 4100u);
-  }
-  {
-    std::vector<float> v = values;
-    v[123] = std::numeric_limits<float>::max();  // rounds to bfloat16 inf
-    ErrorSink errors;
-    CastArray(v.data(), DType::kF32, v.size(), out16.data(), DType::kBF16,
-              &errors);
-    EXPECT_EQ(errors.kind(), ErrorKind::kCastOverflow);
-    EXPECT_EQ(errors.col(), 123u);
-  }
+  const std::vector<float> values = CastInputs();
+  std::vector<float> v = values;
+  v[5000] = std::numeric_limits<float>::quiet_NaN();
+  v[7000] = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(CastError(v, DType::kF32),
+            std::make_pair(ErrorKind::kNonFinite, size_t{5000}));
+
+  v = values;
+  for (float& x : v) x = std::max(-60000.0f, std::min(60000.0f, x));
+  v[4100] = 65520.0f;  // the smallest value that rounds to float16 inf
+  EXPECT_EQ(CastError(v, DType::kF16),
+            std::make_pair(ErrorKind::kCastOverflow, size_t{4100}));
+
+  v = values;
+  v[123] = std::numeric_limits<float>::max();  // rounds to bfloat16 inf
+  EXPECT_EQ(CastError(v, DType::kBF16),
+            std::make_pair(ErrorKind::kCastOverflow, size_t{123}));
 }
 
 }  // namespace
+}  // namespace testing_util
 }  // namespace lowbit

@@ -15,6 +15,7 @@
 
 #include "gtest/gtest.h"
 #include "quant/quant_params.h"
+#include "util/float16.h"
 #include "util/targets.h"
 
 namespace lowbit {
@@ -76,30 +77,21 @@ inline double RoundToBF16Ref(double x) { return RoundToFormat(x, 7, -126); }
 
 // Bits of a value that float16 represents exactly.
 inline uint16_t ExactF16Bits(double v) {
-  const _Float16 h = static_cast<_Float16>(v);
-  uint16_t bits;
-  std::memcpy(&bits, &h, sizeof(bits));
-  return bits;
+  return BitCast<uint16_t>(static_cast<_Float16>(v));
 }
 
 inline float F16BitsToFloat(uint16_t bits) {
-  _Float16 h;
-  std::memcpy(&h, &bits, sizeof(bits));
-  return static_cast<float>(h);
+  return static_cast<float>(BitCast<_Float16>(bits));
 }
 
+// bfloat16 is float32's top half: no rounding to check here, so these share
+// the core's bit casts.
 inline uint16_t ExactBF16Bits(double v) {
-  const float f = static_cast<float>(v);
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  return static_cast<uint16_t>(u >> 16);
+  return static_cast<uint16_t>(BitsOf(static_cast<float>(v)) >> 16);
 }
 
 inline float BF16BitsToFloat(uint16_t bits) {
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
+  return FloatOf(static_cast<uint32_t>(bits) << 16);
 }
 
 // ---------------------------------------------------------------- schemes

@@ -12,17 +12,18 @@
 
 namespace lowbit {
 
-inline uint32_t BitsOf(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  return u;
+// The bits of `from` read as a `To` of the same size (std::bit_cast is C++20).
+template <typename To, typename From>
+inline To BitCast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "BitCast needs types of one size");
+  To to;
+  std::memcpy(&to, &from, sizeof(to));
+  return to;
 }
 
-inline float FloatOf(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
+inline uint32_t BitsOf(float f) { return BitCast<uint32_t>(f); }
+
+inline float FloatOf(uint32_t u) { return BitCast<float>(u); }
 
 // IEEE binary16 bits nearest to `f` (ties to even); overflow gives +-inf.
 inline uint16_t F16BitsFromF32(float f) {

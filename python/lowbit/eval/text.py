@@ -72,8 +72,10 @@ class EvalWindows:
         return h.hexdigest()
 
 
-def encode_files(tokenizer: Any, files: list[Path]) -> tuple[list[int], str]:
-    """The files' text (read_text) as token ids, and the label naming the files."""
+def encode_files(tokenizer: Any, files: list[Path] | None = None) -> tuple[list[int], str]:
+    """The files' text (read_text) as token ids, and the label naming the
+    files; no files: the default text (default_text_files)."""
+    files = files or default_text_files()
     return tokenizer.encode(read_text(files)), ", ".join(f.name for f in files)
 
 

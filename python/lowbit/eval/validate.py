@@ -29,7 +29,6 @@ from lowbit.eval.text import (
     DEFAULT_CONTEXT,
     DEFAULT_TOKENS,
     EvalWindows,
-    default_text_files,
     encode_files,
     make_windows,
 )
@@ -99,7 +98,7 @@ def validate(
     report = ValidationReport(str(model_dir), str(baseline), preset, tolerances=tol.as_dict())
     report.weights = weight_metrics(model_dir, manifest, base_ck)
     if model_level:
-        files = [Path(f) for f in text_files] if text_files else default_text_files()
+        files = [Path(f) for f in text_files] if text_files else None
         windows = evaluation_windows(model_dir, baseline, files, context, max_tokens)
         cache = Path(baseline_cache) if baseline_cache else cache_dir() / "baselines"
         base_logits = baseline_logits(baseline, windows, cache)
@@ -152,9 +151,10 @@ def weight_metrics(model_dir: Path, manifest: Manifest, base: Checkpoint) -> lis
 
 
 def evaluation_windows(
-    model_dir: Path, baseline: Path, files: list[Path], context: int, max_tokens: int
+    model_dir: Path, baseline: Path, files: list[Path] | None, context: int, max_tokens: int
 ) -> EvalWindows:
-    """The evaluation text, tokenized with the model's tokenizer (or the baseline's)."""
+    """The evaluation text (``files``; None: the default text), tokenized with
+    the model's tokenizer (or the baseline's)."""
     for where in (model_dir, baseline):
         if (where / TOKENIZER_FILE).is_file():
             tok = Tokenizer(where)

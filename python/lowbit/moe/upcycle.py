@@ -39,7 +39,6 @@ from lowbit.eval.text import (
     DEFAULT_CONTEXT,
     DEFAULT_TOKENS,
     EvalWindows,
-    default_text_files,
     encode_files,
     make_windows,
 )
@@ -219,7 +218,7 @@ def _encode_text(src: Path, files: list[Path] | None) -> tuple[list[int], str]:
         raise UpcycleError(
             f"{src}: no {TOKENIZER_FILE}; calibration and evaluation text need the tokenizer"
         )
-    return encode_files(Tokenizer(src), files or default_text_files())
+    return encode_files(Tokenizer(src), files)
 
 
 def _windows_from_text(

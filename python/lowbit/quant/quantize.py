@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -122,21 +123,20 @@ class QuantizedTensor:
             sig, noise = float(signal.sum()), float(noises.sum())
         return float(np.sqrt(noise / sig)) if sig > 0 else float(noise > 0)
 
+    def _stored(self) -> tuple[Any, ...]:
+        """What the core's calls on an integer scheme take, in their order:
+        codes, scales, zeros, rows, cols and the scheme's parameters."""
+        s = get_scheme(self.scheme)
+        params = core_params(s, self.group_size, self.method)
+        return self.codes, self.scales, self.zeros, self.shape[0], self.shape[1], params
+
     def weight(self, name: str | None = None) -> _core.Weight:
         """The C++ core's view of this matrix (shares its memory), for linear layers."""
         name = name or self.scheme
         s = get_scheme(self.scheme)
         if s.is_float:
             return _core.Weight.floats(raw_view(self.codes), _FLOAT_FORMATS[self.scheme], name)
-        return _core.Weight.quantized(
-            self.codes,
-            self.scales,
-            self.zeros,
-            self.shape[0],
-            self.shape[1],
-            core_params(s, self.group_size, self.method),
-            name,
-        )
+        return _core.Weight.quantized(*self._stored(), name)
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
         """``x @ W.T`` for float32 ``x`` ``[n, cols]`` (or ``[cols]``): a linear layer.
@@ -170,16 +170,7 @@ class QuantizedTensor:
                 return values
             out[...] = values
             return out
-        return _core.dequantize(
-            self.codes,
-            self.scales,
-            self.zeros,
-            self.shape[0],
-            self.shape[1],
-            core_params(s, self.group_size, self.method),
-            self.scheme,
-            out,
-        )
+        return _core.dequantize(*self._stored(), self.scheme, out)
 
 
 def _check_out(out: object, shape: tuple[int, ...], name: str) -> None:
