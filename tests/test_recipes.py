@@ -49,7 +49,12 @@ def test_families_from_config():
 
 def test_q4_preset():
     r = Recipe.from_args("q4")
-    assert r.plan("model.layers.0.self_attn.q_proj.weight", (64, 64)).choice == Choice("int4", 32)
+    q = r.plan("model.layers.0.self_attn.q_proj.weight", (64, 64)).choice
+    assert q == Choice("uint4", 64, "whqq")
+    assert r.calibrated
+    assert not Recipe.from_args("q4-nocal").calibrated
+    nocal = Recipe.from_args("q4-nocal").plan("model.layers.0.self_attn.q_proj.weight", (64, 64))
+    assert nocal.choice == Choice("uint4", 64, "hqq")
     assert r.plan("lm_head.weight", (1000, 64)).choice == Choice("int8", 32)
     assert r.plan("model.layers.0.input_layernorm.weight", (64,)).choice == Choice("f32")
     assert r.plan("model.layers.1.mlp.gate.weight", (8, 64)).choice == Choice("f32")
@@ -67,7 +72,17 @@ def test_moe_q4_preset_is_the_reference_recipe():
 def test_fallback_is_recorded():
     plan = Recipe.from_args("q4").plan("model.layers.1.mlp.down_proj.weight", (64, 100))
     assert plan.choice == Choice("int8")
-    assert plan.fallback == "int4 group 32 does not fit rows of 100 (64 rows); using int8 per row"
+    assert plan.fallback == (
+        "uint4 group 64 whqq does not fit rows of 100 (64 rows); using int8 per row"
+    )
+
+
+def test_a_smaller_group_of_the_same_scheme_comes_before_the_fallback():
+    plan = Recipe.from_args("q4").plan("model.layers.1.mlp.down_proj.weight", (64, 96))
+    assert plan.choice == Choice("uint4", 32, "whqq")
+    assert plan.fallback == (
+        "uint4 group 64 whqq does not fit rows of 96 (64 rows); using uint4 group 32 whqq"
+    )
 
 
 def test_rules_come_before_the_preset_in_order():
@@ -97,7 +112,8 @@ def test_bad_rules(rule, message):
 
 def test_unknown_preset_lists_them():
     with pytest.raises(
-        ValueError, match="unknown preset 'q3'; presets: f32, f16, bf16, q8, q4, moe-q4"
+        ValueError,
+        match="unknown preset 'q3'; presets: f32, f16, bf16, q8, q4, q4-nocal, q4-int4, moe-q4",
     ):
         Recipe.from_args("q3")
     assert {"bits1", "bits2", "bits4", "bits8", "ternary", "q2"} <= set(PRESETS)

@@ -57,7 +57,8 @@ def test_q4_reports_every_metric_within_the_default_table(setup):
     assert m["ppl"] > 1
     assert m["ppl_baseline"] > 1
     w = {x["name"]: x for x in report.weights}["model.layers.0.mlp.up_proj.weight"]
-    assert w["scheme"] == "int4"
+    # q4: uint4 group 64, in groups of 32 on these rows of 32.
+    assert w["scheme"] == "uint4"
     assert 0.05 < w["rel_error"] < 0.10
     assert w["snr_db"] == pytest.approx(-20 * np.log10(w["rel_error"]), rel=1e-6)
     assert 0.99 < w["cosine"] < 1.0
@@ -167,3 +168,24 @@ def test_the_plugin_fixtures_are_available(lowbit_validate, lowbit_tolerances, s
     src, text, models, _ = setup
     report = lowbit_validate(models["q4"], src, text_files=[text], **OPTIONS)
     assert_within_tolerance(report, lowbit_tolerances)
+
+
+def test_standard_errors_by_batch_means():
+    """Independent values: about sigma / sqrt(n). Correlated runs (a hard
+    passage is hard for many tokens): larger than the per-token estimate,
+    which would claim differences that are noise."""
+    from lowbit.eval.validate import SE_BATCH, batch_means_se
+
+    rng = np.random.default_rng(0)
+    n = SE_BATCH * 400
+    iid = rng.normal(size=n)
+    assert batch_means_se(iid) == pytest.approx(1 / np.sqrt(n), rel=0.2)
+    runs = np.repeat(rng.normal(size=n // 16), 16)  # 16 equal values in a row
+    naive = runs.std(ddof=1) / np.sqrt(n)
+    assert batch_means_se(runs) > 3 * naive
+
+
+def test_report_gives_standard_errors(setup):
+    m = run(setup, "q4").model
+    assert 0 < m["kld_mean_se"] < m["kld_mean"]
+    assert m["delta_ppl_pct_se"] > 0

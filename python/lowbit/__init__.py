@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from lowbit._version import __version__
 
 if TYPE_CHECKING:
-    from lowbit.conversion.convert import convert
+    from lowbit.eval.calibration import convert_calibrated as convert
     from lowbit.moe.upcycle import upcycle
     from lowbit.quant.quantize import QuantizedTensor, quantize
     from lowbit.quant.schemes import schemes
@@ -22,12 +22,13 @@ if TYPE_CHECKING:
     from lowbit.sources.hub import download
     from lowbit.util.errors import LowbitError
 
-# public name -> the module that defines it
-_PUBLIC = {
+# public name -> the module that defines it (and its name there, when it differs)
+_PUBLIC: dict[str, str | tuple[str, str]] = {
     "LowbitError": "lowbit.util.errors",
     "Model": "lowbit.runtime.model",
     "QuantizedTensor": "lowbit.quant.quantize",
-    "convert": "lowbit.conversion.convert",
+    # convert with the calibration statistics its recipe needs (q4's whqq)
+    "convert": ("lowbit.eval.calibration", "convert_calibrated"),
     "download": "lowbit.sources.hub",
     "load": "lowbit.runtime.model",
     "quantize": "lowbit.quant.quantize",
@@ -46,7 +47,9 @@ if os.environ.get("LOWBIT_TARGET"):
 
 def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        where = _PUBLIC[name]
+        module, attr = where if isinstance(where, tuple) else (where, name)
+        value = getattr(importlib.import_module(module), attr)
         globals()[name] = value  # once: later lookups skip this function
         return value
     raise AttributeError(f"module 'lowbit' has no attribute {name!r}")

@@ -134,13 +134,39 @@ std::string Where(const ErrorSink& e) {
          std::to_string(e.col());
 }
 
+// The importances of Quantize: none, or cols finite non-negative float32.
+std::optional<py::array_t<float, py::array::c_style>> ImportanceArg(
+    const py::object& arg, size_t cols, const std::string& name) {
+  if (arg.is_none()) return std::nullopt;
+  const std::string what = name + " importance";
+  if (!py::isinstance<py::array>(arg) ||
+      py::cast<py::array>(arg).dtype().kind() != 'f') {
+    throw py::type_error(what + ": expected a float32 array, got " +
+                         TypeName(arg));
+  }
+  auto w = py::array_t<float, py::array::c_style | py::array::forcecast>(arg);
+  if (w.ndim() != 1 || static_cast<size_t>(w.shape(0)) != cols) {
+    throw py::value_error(what + ": expected shape (" + std::to_string(cols) +
+                          ",), one per column");
+  }
+  const float* v = w.data();
+  for (size_t j = 0; j < cols; ++j) {
+    if (!(v[j] >= 0.0f) || !std::isfinite(v[j])) {
+      throw py::value_error(what + ": column " + std::to_string(j) +
+                            " is negative, NaN or Inf");
+    }
+  }
+  return w;
+}
+
 py::tuple Quantize(const py::array& x, DType dtype, const QuantParams& p,
-                   const std::string& name) {
+                   const std::string& name, const py::object& importance_arg) {
   CheckDType(dtype, name);
   CheckMatrix(x, name, ItemSize(dtype));
   const size_t rows = x.shape(0);
   const size_t cols = x.shape(1);
   CheckParams(p, cols, name);
+  const auto importance = ImportanceArg(importance_arg, cols, name);
   const size_t groups = GroupsPerRow(cols, p.group_size);
   const size_t row_bytes = RowBytes(cols, p.bits);
   const bool is_signed = p.bits == 8 && !p.asymmetric();
@@ -159,8 +185,9 @@ py::tuple Quantize(const py::array& x, DType dtype, const QuantParams& p,
     uint8_t* dst = static_cast<uint8_t*>(codes.mutable_data());
     void* sc = scales.mutable_data();
     void* zp = zeros ? zeros->mutable_data() : nullptr;
+    const float* w = importance ? importance->data() : nullptr;
     py::gil_scoped_release release;
-    QuantizeMatrix(src, dtype, rows, cols, p, dst, sc, zp, &errors);
+    QuantizeMatrix(src, dtype, rows, cols, p, dst, sc, zp, &errors, w);
   }
   switch (errors.kind()) {
     case ErrorKind::kNone:
@@ -384,7 +411,9 @@ PYBIND11_MODULE(_core, m) {
       "cols"_a, "bits"_a,
       "Stored bytes of one row of codes (whole 16-byte blocks).");
   m.def("quantize", &Quantize, "x"_a, "dtype"_a, "params"_a, "name"_a,
-        "Quantize a 2-D array; returns (codes, scales, zero points or None).");
+        "importance"_a = py::none(),
+        "Quantize a 2-D array; returns (codes, scales, zero points or None). "
+        "importance: None or float32 [cols], weights of the mse/hqq error.");
   m.def("dequantize", &Dequantize, "codes"_a, "scales"_a, "zeros"_a, "rows"_a,
         "cols"_a, "params"_a, "name"_a, "out"_a = py::none(),
         "Reconstruct float32 weights (into `out` when given).");

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -27,7 +28,21 @@ namespace {
 struct PyModel {
   std::unique_ptr<Model> model;
   std::vector<py::object> keep;  // the Weights whose memory the model reads
+  std::unique_ptr<InputStats> stats;  // while collecting calibration stats
 };
+
+// The collected input statistics: WeightKey of the site -> (float64 sums of
+// squares per column, rows accumulated).
+py::dict InputStatsDict(const PyModel& m) {
+  py::dict out;
+  if (m.stats == nullptr) return out;
+  for (const auto& [key, site] : m.stats->sites()) {
+    py::array_t<double> sums(site.sum_sq.size());
+    std::copy(site.sum_sq.begin(), site.sum_sq.end(), sums.mutable_data());
+    out[py::cast(key)] = py::make_tuple(sums, site.rows);
+  }
+  return out;
+}
 
 // A WeightKey from Python: the key itself, or its printed name ("L3.q").
 WeightKey KeyArg(py::handle key) {
@@ -253,6 +268,22 @@ void BindModel(py::module_& m) {
                throw py::value_error(e.what());
              }
            }, "position"_a, "Forget cached tokens from `position` on.")
+      .def("collect_input_stats",
+           [](PyModel& m, bool on) {
+             if (on) {
+               m.stats = std::make_unique<InputStats>();
+               m.model->set_input_stats(m.stats.get());
+             } else {
+               m.model->set_input_stats(nullptr);
+             }
+           },
+           "on"_a,
+           "on: start collecting the inputs of every linear layer (anew); "
+           "off: stop (what was collected stays readable).")
+      .def("input_stats", &InputStatsDict,
+           "WeightKey of each input site (q for q/k/v, gate for gate/up/"
+           "router, o, down, lm_head, an expert's down) -> (float64 [cols] "
+           "sums of x^2, rows).")
       .def_property_readonly("position",
                              [](const PyModel& m) { return m.model->position(); })
       .def_property_readonly("context",

@@ -38,6 +38,7 @@ struct Model::Layer {
   const std::vector<float>* k_bias = nullptr;
   const std::vector<float>* v_bias = nullptr;
   size_t ffn_width = 0;  // widest intermediate (dense, expert or shared)
+  int32_t index = 0;     // position in the stack (calibration sites)
 };
 
 // Activation buffers for up to `tokens` tokens; kept between calls so that
@@ -227,6 +228,7 @@ Model::Model(ModelConfig config, WeightMap weights, VectorMap vectors,
         layer.ffn_width = std::max(layer.ffn_width, inter);
       }
     }
+    layer.index = li;
     layers_.push_back(std::move(layer));
   }
   cache_ = std::make_unique<KvCache>(c.layers.size(), c.kv_heads, hd, context,
@@ -293,6 +295,8 @@ void Model::ForwardChunk(const int32_t* ids, size_t n, float* logits,
     AttentionBlock(l, n, x, s);
     const Layer& layer = layers_[l];
     RmsNorm(x, layer.ffn_norm->data(), n, c.hidden, c.rms_eps, s.h.data());
+    Record(static_cast<int32_t>(l), Tensor::kGate, -1, s.h.data(), n,
+           c.hidden);
     FeedForward(layer, n, s.h.data(), s.y.data(), s);
     if (layer.ffn_post_norm != nullptr) {
       RmsNorm(s.y.data(), layer.ffn_post_norm->data(), n, c.hidden, c.rms_eps,
@@ -306,6 +310,7 @@ void Model::ForwardChunk(const int32_t* ids, size_t n, float* logits,
   const size_t rows = n - first;
   RmsNorm(x + first * c.hidden, final_norm_->data(), rows, c.hidden, c.rms_eps,
           s.h.data());
+  Record(-1, Tensor::kLmHead, -1, s.h.data(), rows, c.hidden);
   MatMul(lm_head_, s.h.data(), rows, logits);
   if (c.final_softcap != 0.0f) SoftCap(logits, rows * c.vocab, c.final_softcap);
 }
@@ -318,6 +323,8 @@ void Model::AttentionBlock(size_t l, size_t n, float* x, Scratch& s) {
   const size_t q_width = c.heads * hd;
   const size_t kv_width = c.kv_heads * hd;
   RmsNorm(x, layer.attn_norm->data(), n, c.hidden, c.rms_eps, s.h.data());
+  const int32_t li = static_cast<int32_t>(l);
+  Record(li, Tensor::kQ, -1, s.h.data(), n, c.hidden);
   {
     const WeightView* ws[3] = {&layer.q, &layer.k, &layer.v};
     float* outs[3] = {s.q.data(), s.k.data(), s.v.data()};
@@ -362,6 +369,7 @@ void Model::AttentionBlock(size_t l, size_t n, float* x, Scratch& s) {
   a.scale = c.attn_scale;
   a.softcap = c.attn_softcap;
   Attention(a);
+  Record(li, Tensor::kO, -1, s.attn.data(), n, q_width);
   MatMul(layer.o, s.attn.data(), n, s.y.data());
   if (layer.attn_post_norm != nullptr) {
     RmsNorm(s.y.data(), layer.attn_post_norm->data(), n, c.hidden, c.rms_eps,
@@ -373,15 +381,16 @@ void Model::AttentionBlock(size_t l, size_t n, float* x, Scratch& s) {
 void Model::FeedForward(const Layer& layer, size_t n, const float* in,
                         float* out, Scratch& s) {
   if (layer.router.empty()) {
-    DenseFfn(layer.gate, layer.up, layer.down, n, in, out, s);
+    DenseFfn(layer.gate, layer.up, layer.down,
+             WeightKey{layer.index, Tensor::kDown, -1}, n, in, out, s);
   } else {
     MoeFfn(layer, n, in, out, s);
   }
 }
 
 void Model::DenseFfn(const WeightView& gate, const WeightView& up,
-                     const WeightView& down, size_t n, const float* in,
-                     float* out, Scratch& s) {
+                     const WeightView& down, const WeightKey& down_site,
+                     size_t n, const float* in, float* out, Scratch& s) {
   const size_t inter = gate.rows;
   {
     const WeightView* ws[2] = {&gate, &up};
@@ -390,6 +399,8 @@ void Model::DenseFfn(const WeightView& gate, const WeightView& up,
   }
   GatedActivation(config_.activation, s.g.data(), s.u.data(), n * inter,
                   s.g.data());
+  Record(down_site.layer, down_site.tensor, down_site.expert, s.g.data(), n,
+         inter);
   MatMul(down, s.g.data(), n, out);
 }
 
@@ -428,8 +439,10 @@ void Model::MoeFfn(const Layer& layer, size_t n, const float* in, float* out,
                 in + (tokens[j].first + 1) * c.hidden,
                 s.gathered.data() + j * c.hidden);
     }
-    DenseFfn(layer.e_gate[e], layer.e_up[e], layer.e_down[e], m,
-             s.gathered.data(), s.expert_out.data(), s);
+    DenseFfn(layer.e_gate[e], layer.e_up[e], layer.e_down[e],
+             WeightKey{layer.index, Tensor::kExpertDown,
+                       static_cast<int32_t>(e)},
+             m, s.gathered.data(), s.expert_out.data(), s);
     for (size_t j = 0; j < m; ++j) {
       float* dst = out + tokens[j].first * c.hidden;
       const float* src = s.expert_out.data() + j * c.hidden;
@@ -438,7 +451,8 @@ void Model::MoeFfn(const Layer& layer, size_t n, const float* in, float* out,
     }
   }
   if (!layer.shared_gate.empty()) {
-    DenseFfn(layer.shared_gate, layer.shared_up, layer.shared_down, n, in,
+    DenseFfn(layer.shared_gate, layer.shared_up, layer.shared_down,
+             WeightKey{layer.index, Tensor::kSharedDown, -1}, n, in,
              s.expert_out.data(), s);
     if (!layer.shared_router.empty()) {
       MatMul(layer.shared_router, in, n, s.gate1.data());

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "matmul/matmul.h"
+#include "model/input_stats.h"
 #include "model/kv_cache.h"
 #include "model/weight_key.h"
 #include "ops/ops.h"
@@ -70,6 +71,10 @@ class Model {
   void Rewind(size_t position);
   const ModelConfig& config() const { return config_; }
 
+  // While set (not null), every Forward adds the inputs of the linear layers
+  // to `stats` (calibration); the caller owns it.
+  void set_input_stats(InputStats* stats) { input_stats_ = stats; }
+
  private:
   struct Layer;
   struct Scratch;
@@ -80,8 +85,14 @@ class Model {
   void FeedForward(const Layer& layer, size_t n, const float* in, float* out,
                    Scratch& s);
   void DenseFfn(const WeightView& gate, const WeightView& up,
-                const WeightView& down, size_t n, const float* in, float* out,
-                Scratch& s);
+                const WeightView& down, const WeightKey& down_site, size_t n,
+                const float* in, float* out, Scratch& s);
+  void Record(int32_t layer, Tensor tensor, int32_t expert, const float* x,
+              size_t rows, size_t cols) {
+    if (input_stats_ != nullptr) {
+      input_stats_->Add(WeightKey{layer, tensor, expert}, x, rows, cols);
+    }
+  }
   void MoeFfn(const Layer& layer, size_t n, const float* in, float* out,
               Scratch& s);
 
@@ -96,6 +107,7 @@ class Model {
   // must have been checked against the weights first.
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<Scratch> scratch_;
+  InputStats* input_stats_ = nullptr;
   size_t position_ = 0;
 };
 

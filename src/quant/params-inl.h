@@ -86,10 +86,14 @@ HWY_INLINE float SignedExtreme(float mn, float mx) {
 }
 
 // Squared reconstruction error of a group under parameters q: what the mse
-// and hqq searches minimise.
+// and hqq searches minimise. With `w` (len importances, E[x_j^2] of the
+// column's input from calibration) each error is weighted: sum w_j d_j^2,
+// the expected squared error of the layer's output from this group. w = null
+// is the plain sum (and w = 1 gives the same float32 result).
 template <typename T>
 HWY_INLINE float GroupSse(const QuantParams& p, const T* HWY_RESTRICT x,
-                          size_t len, const GroupQ& q) {
+                          size_t len, const GroupQ& q,
+                          const float* HWY_RESTRICT w = nullptr) {
   const DF d;
   const size_t N = hn::Lanes(d);
   const bool asym = p.asymmetric();
@@ -109,7 +113,8 @@ HWY_INLINE float GroupSse(const QuantParams& p, const T* HWY_RESTRICT x,
     const auto code = hn::Round(hn::Min(hn::Max(t, vlo), vhi));
     const auto rec = hn::Mul(hn::Sub(code, vzero), vscale);
     const auto diff = hn::Sub(v, rec);
-    acc = hn::MulAdd(diff, diff, acc);
+    const auto wdiff = w == nullptr ? diff : hn::Mul(hn::LoadU(d, w + i), diff);
+    acc = hn::MulAdd(wdiff, diff, acc);
   }
   float sse = hn::GetLane(hn::SumOfLanes(d, acc));
   for (; i < len; ++i) {
@@ -117,7 +122,7 @@ HWY_INLINE float GroupSse(const QuantParams& p, const T* HWY_RESTRICT x,
     float t = v * q.inv;
     if (asym) t += q.zero;
     const float diff = v - (RoundClamp(t, lo, hi) - q.zero) * q.scale;
-    sse += diff * diff;
+    sse += (w == nullptr ? diff : w[i] * diff) * diff;
   }
   return sse;
 }

@@ -51,11 +51,12 @@ constexpr size_t kStreamBytes = size_t{32} << 20;
 
 void QuantizeMatrix(const void* x, DType dtype, size_t rows, size_t cols,
                     const QuantParams& p, uint8_t* codes, void* scales,
-                    void* zeros, ErrorSink* errors) {
+                    void* zeros, ErrorSink* errors, const float* importance) {
   ThreadPool::Global().ParallelFor(
       rows, RowGrain(cols), [&](size_t begin, size_t end) {
         HWY_DYNAMIC_DISPATCH(QuantizeRows)(x, dtype, begin, end, cols, p,
-                                           codes, scales, zeros, errors);
+                                           importance, codes, scales, zeros,
+                                           errors);
       });
 }
 

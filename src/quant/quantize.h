@@ -16,11 +16,14 @@ namespace lowbit {
 // codes: rows x RowBytes(cols, p.bits) bytes.
 // scales, zeros: rows x GroupsPerRow(cols, p.group_size) stored values:
 // float16 bits (uint16) when p.f16_params, float32 otherwise. zeros may be
-// null for symmetric schemes. Stops a row at its first bad element and reports
-// it to `errors`.
+// null for symmetric schemes. importance: null, or cols non-negative floats
+// (E[x_j^2] of the layer's input channel j from calibration) that weight the
+// squared error the mse and hqq searches minimise; rtn ignores it. Stops a
+// row at its first bad element and reports it to `errors`.
 void QuantizeMatrix(const void* x, DType dtype, size_t rows, size_t cols,
                     const QuantParams& p, uint8_t* codes, void* scales,
-                    void* zeros, ErrorSink* errors);
+                    void* zeros, ErrorSink* errors,
+                    const float* importance = nullptr);
 
 // The inverse: out is rows x cols float32.
 void DequantizeMatrix(const uint8_t* codes, const void* scales,

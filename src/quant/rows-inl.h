@@ -32,20 +32,21 @@ HWY_BEFORE_NAMESPACE();
 namespace lowbit {
 namespace HWY_NAMESPACE {
 
-// The parameters of one group by the scheme's method.
+// The parameters of one group by the scheme's method; `w`: the group's
+// importances (null: unweighted).
 template <typename T>
 HWY_INLINE GroupQ FindParams(const QuantParams& p, const T* x, size_t len,
-                             const GroupStats& st) {
-  if (p.method == Method::kHqq) return HqqParams(p, x, len, st);
-  if (p.method == Method::kMse) return MseParams(p, x, len, st);
+                             const GroupStats& st, const float* w) {
+  if (p.method == Method::kHqq) return HqqParams(p, x, len, st, w);
+  if (p.method == Method::kMse) return MseParams(p, x, len, st, w);
   return RtnParams(p, x, len, st, 1.0f);
 }
 
 template <int kBits, bool kAsym, typename T>
 void QuantizeRowsT(const T* HWY_RESTRICT x, size_t r0, size_t r1, size_t cols,
-                   const QuantParams& p, uint8_t* HWY_RESTRICT codes,
-                   void* HWY_RESTRICT scales, void* HWY_RESTRICT zeros,
-                   ErrorSink* errors) {
+                   const QuantParams& p, const float* importance,
+                   uint8_t* HWY_RESTRICT codes, void* HWY_RESTRICT scales,
+                   void* HWY_RESTRICT zeros, ErrorSink* errors) {
   const size_t g = p.group_size == 0 ? cols : p.group_size;
   const size_t groups = cols / g;
   const size_t row_bytes = RowBytes(cols, kBits);
@@ -72,7 +73,8 @@ void QuantizeRowsT(const T* HWY_RESTRICT x, size_t r0, size_t r1, size_t cols,
       for (size_t gi = 0; gi < groups; ++gi) {
         const GroupStats st{gmin[gi], gmax[gi],
                             std::fmax(-gmin[gi], gmax[gi])};
-        const GroupQ q = FindParams(p, row + gi * g, g, st);
+        const float* w = importance == nullptr ? nullptr : importance + gi * g;
+        const GroupQ q = FindParams(p, row + gi * g, g, st, w);
         scale[gi] = q.scale;
         inv[gi] = q.inv;
         zero[gi] = q.zero;
@@ -155,23 +157,24 @@ void ErrorRowsT(const T* HWY_RESTRICT x, const uint8_t* HWY_RESTRICT codes,
 }
 
 void QuantizeRows(const void* x, DType dtype, size_t r0, size_t r1,
-                  size_t cols, const QuantParams& p, uint8_t* codes,
-                  void* scales, void* zeros, ErrorSink* errors) {
+                  size_t cols, const QuantParams& p, const float* importance,
+                  uint8_t* codes, void* scales, void* zeros,
+                  ErrorSink* errors) {
   VisitLayout(p, [&](auto layout) {
     constexpr int kBits = decltype(layout)::kBits;
     constexpr bool kAsym = decltype(layout)::kAsym;
     switch (dtype) {
       case DType::kF32:
         return QuantizeRowsT<kBits, kAsym>(static_cast<const float*>(x), r0,
-                                           r1, cols, p, codes, scales, zeros,
-                                           errors);
+                                           r1, cols, p, importance, codes, scales,
+                                           zeros, errors);
       case DType::kF16:
         return QuantizeRowsT<kBits, kAsym>(
-            static_cast<const hwy::float16_t*>(x), r0, r1, cols, p, codes,
+            static_cast<const hwy::float16_t*>(x), r0, r1, cols, p, importance, codes,
             scales, zeros, errors);
       case DType::kBF16:
         return QuantizeRowsT<kBits, kAsym>(
-            static_cast<const hwy::bfloat16_t*>(x), r0, r1, cols, p, codes,
+            static_cast<const hwy::bfloat16_t*>(x), r0, r1, cols, p, importance, codes,
             scales, zeros, errors);
     }
   });

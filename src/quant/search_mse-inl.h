@@ -19,17 +19,18 @@ HWY_BEFORE_NAMESPACE();
 namespace lowbit {
 namespace HWY_NAMESPACE {
 
-// Tries the ratios in order from 1 and keeps the first one of least error;
-// ratios whose parameters overflow are skipped.
+// Tries the ratios in order from 1 and keeps the first one of least error
+// (weighted by `w` when given, see GroupSse); ratios whose parameters
+// overflow are skipped.
 template <typename T>
 HWY_INLINE GroupQ MseParams(const QuantParams& p, const T* x, size_t len,
-                            const GroupStats& st) {
+                            const GroupStats& st, const float* w = nullptr) {
   GroupQ best = RtnParams(p, x, len, st, 1.0f);
-  float best_sse = GroupSse(p, x, len, best);
+  float best_sse = GroupSse(p, x, len, best, w);
   for (int step = 1; step < MseSteps(p); ++step) {
     const GroupQ cand = RtnParams(p, x, len, st, MseRatio(p, step));
     if (!IsFiniteQ(cand)) continue;
-    const float sse = GroupSse(p, x, len, cand);
+    const float sse = GroupSse(p, x, len, cand, w);
     if (sse < best_sse) {
       best = cand;
       best_sse = sse;

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from lowbit.cli import common
-from lowbit.conversion.convert import FORMATS, ConvertSummary, convert
+from lowbit.conversion.convert import FORMATS, ConvertSummary
 from lowbit.quant.recipes import PRESETS
 
 
@@ -28,6 +29,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=list(FORMATS),
         help="lowbit: safetensors + manifest (default); npz: the reference documents' NPZ layout",
     )
+    cal = p.add_argument_group(
+        "calibration (for the calibrated methods wmse and whqq, as in the q4 preset)"
+    )
+    cal.add_argument(
+        "--calibration",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="calibration text (repeatable; default: Python's pydoc topics, disjoint from "
+        "the evaluation text)",
+    )
+    cal.add_argument(
+        "--calibration-tokens",
+        type=common.positive_int,
+        default=4096,
+        metavar="N",
+        help="tokens of calibration text to run (default: 4096)",
+    )
+    cal.add_argument(
+        "--imatrix",
+        type=Path,
+        metavar="FILE",
+        help="reuse the statistics an earlier conversion saved (OUT.imatrix.safetensors)",
+    )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     common.add_output_flags(p)
 
@@ -48,6 +73,8 @@ def _summary(s: ConvertSummary) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = common.call(convert, args, progress=False if common.quiet(args) else None)
+    from lowbit.eval.calibration import convert_calibrated
+
+    summary = common.call(convert_calibrated, args, progress=False if common.quiet(args) else None)
     common.emit(args, summary.as_dict(), lambda: _summary(summary))
     return common.EXIT_OK

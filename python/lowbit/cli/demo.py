@@ -19,15 +19,15 @@ import numpy as np
 
 from lowbit import _core
 from lowbit.cli import common
-from lowbit.conversion.convert import convert
+from lowbit.eval.calibration import DEFAULT_TOKENS, IMATRIX_SUFFIX, Imatrix, convert_calibrated
 from lowbit.eval.metrics import weight_error
 from lowbit.eval.validate import format_report as format_validation
 from lowbit.eval.validate import validate
 from lowbit.formats.inspect_model import format_report, inspect_model
 from lowbit.formats.safetensors import Checkpoint
 from lowbit.quant.quantize import quantize
-from lowbit.quant.recipes import PRESETS
-from lowbit.quant.schemes import SCHEMES
+from lowbit.quant.recipes import PRESETS, Recipe
+from lowbit.quant.schemes import CALIBRATED_METHODS, SCHEMES
 from lowbit.runtime.model import load
 from lowbit.sources.default_model import cache_dir, default_model_path
 
@@ -52,13 +52,24 @@ def demo(
     src = default_model_path()
     out = out or cache_dir() / "demo" / f"smollm2-135m-instruct-{preset}"
     say(f"converting {src} with preset {preset} -> {out}")
-    summary = convert(
-        src, out, preset=preset, force=True, progress=not quiet and sys.stderr.isatty()
+    # Calibrated once, like the baseline: later runs reuse the statistics
+    # the first one saved beside OUT.
+    saved = out.with_name(out.name + IMATRIX_SUFFIX)
+    if not saved.is_file() and Recipe.from_args(preset).calibrated:
+        say(f"calibrating on {DEFAULT_TOKENS} tokens of Python's pydoc topics (once)...")
+    summary = convert_calibrated(
+        src,
+        out,
+        preset=preset,
+        imatrix=saved if saved.is_file() else None,
+        force=True,
+        progress=not quiet and sys.stderr.isatty(),
     )
     report = inspect_model(out, verify=True, context=2048)
     say("")
     say(format_report(report))
-    errors = error_table(Checkpoint(src).get_float(SAMPLE_WEIGHT))
+    importance = Imatrix.load(saved).mean_sq[SAMPLE_WEIGHT] if saved.is_file() else None
+    errors = error_table(Checkpoint(src).get_float(SAMPLE_WEIGHT), importance)
     say("")
     say(format_error_table(errors))
     say(
@@ -119,17 +130,33 @@ def _show(piece: str) -> None:
     sys.stdout.flush()
 
 
-def error_table(x: np.ndarray) -> list[dict[str, Any]]:
-    """Every integer scheme and method on matrix ``x``: size, error and time."""
+def error_table(x: np.ndarray, importance: np.ndarray | None) -> list[dict[str, Any]]:
+    """Every integer scheme and method on matrix ``x``: size, error, the
+    error weighted by the input's E[x^2] (``importance``; what the calibrated
+    methods minimise, and what the layer's output feels) and time. Without
+    importances the calibrated methods are left out."""
     rows = []
     for s in SCHEMES.values():
         if s.is_float:
             continue
         for method in s.methods:
+            calibrated = method in CALIBRATED_METHODS
+            if calibrated and importance is None:
+                continue
             t0 = time.perf_counter()
-            qt = quantize(x, s.name, method=method, name=SAMPLE_WEIGHT)
+            w = importance if calibrated else None
+            qt = quantize(x, s.name, method=method, name=SAMPLE_WEIGHT, importance=w)
             ms = 1e3 * (time.perf_counter() - t0)
-            err = weight_error(x.astype(np.float32), qt.dequantize())
+            x_hat = qt.dequantize()
+            err = weight_error(x.astype(np.float32), x_hat)
+            weighted = None
+            if importance is not None:
+                d2 = (x.astype(np.float64) - x_hat) ** 2
+                weighted = float(
+                    np.sqrt(
+                        (importance * d2).sum() / (importance * x.astype(np.float64) ** 2).sum()
+                    )
+                )
             rows.append(
                 {
                     "scheme": s.name,
@@ -137,6 +164,7 @@ def error_table(x: np.ndarray) -> list[dict[str, Any]]:
                     "group_size": qt.group_size,
                     "bits_per_weight": qt.bits_per_weight,
                     **err.as_dict(),
+                    "weighted_rel_error": weighted,
                     "quantize_ms": ms,
                 }
             )
@@ -148,15 +176,21 @@ def format_error_table(rows: list[dict[str, Any]]) -> str:
         f"{SAMPLE_WEIGHT}: every scheme and method "
         f"(SIMD target {_core.dispatched_target()}, {_core.num_threads()} threads)",
         f"{'scheme':<8} {'method':<6} {'group':>5} {'bits/w':>7} {'rel.err':>8} "
-        f"{'SNR dB':>7} {'cosine':>8} {'ms':>7}",
+        f"{'weighted':>8} {'SNR dB':>7} {'cosine':>8} {'ms':>7}",
     ]
     for r in rows:
         group = "row" if r["group_size"] is None else str(r["group_size"])
+        w = r["weighted_rel_error"]
+        weighted = "-" if w is None else f"{100 * w:.2f}%"
         lines.append(
             f"{r['scheme']:<8} {r['method']:<6} {group:>5} {r['bits_per_weight']:>7.3f} "
-            f"{100 * r['rel_error']:>7.2f}% {r['snr_db']:>7.1f} {r['cosine']:>8.5f} "
-            f"{r['quantize_ms']:>7.1f}"
+            f"{100 * r['rel_error']:>7.2f}% {weighted:>8} {r['snr_db']:>7.1f} "
+            f"{r['cosine']:>8.5f} {r['quantize_ms']:>7.1f}"
         )
+    lines.append(
+        "(weighted: the error weighted by E[x^2] of the layer's input from calibration, "
+        "what the calibrated methods wmse and whqq minimise)"
+    )
     return "\n".join(lines)
 
 
@@ -169,4 +203,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     report = demo(out=args.out, preset=args.preset, quiet=common.quiet(args))
     common.emit(args, report, lambda: None)  # the steps printed themselves
-    return common.EXIT_OK
+    # Like lowbit validate: a model outside its tolerances fails the run.
+    return common.EXIT_OK if report["validation"]["ok"] else common.EXIT_CHECK_FAILED

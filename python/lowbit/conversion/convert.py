@@ -8,6 +8,7 @@ interrupted run never leaves a directory that looks complete.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -15,7 +16,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ from lowbit.models.config import check_layers, read_config
 from lowbit.quant.dtypes import FLOAT_SCHEME_DTYPES, cast
 from lowbit.quant.quantize import QuantizedTensor, quantize
 from lowbit.quant.recipes import Recipe, TensorPlan
-from lowbit.quant.schemes import get_scheme
+from lowbit.quant.schemes import CALIBRATED_METHODS, get_scheme
 from lowbit.util.errors import LowbitError
 from lowbit.util.hashing import file_digest
 from lowbit.util.outdir import check_target, copy_side_files, writing
@@ -99,8 +100,9 @@ class EncodedWeight:
     arrays: tuple[np.ndarray, ...]
 
 
-def _encode(plan: TensorPlan, x: np.ndarray) -> EncodedWeight:
-    """Quantize one weight (a float scheme casts it)."""
+def _encode(plan: TensorPlan, x: np.ndarray, importance: np.ndarray | None) -> EncodedWeight:
+    """Quantize one weight (a float scheme casts it); ``importance``: the
+    calibration statistics of its input, for the calibrated methods."""
     s = get_scheme(plan.choice.scheme)
     flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x)
     if s.is_float:
@@ -114,6 +116,7 @@ def _encode(plan: TensorPlan, x: np.ndarray) -> EncodedWeight:
             group_size=plan.choice.group_size,
             method=plan.choice.method,
             name=plan.name,
+            importance=importance,
         )
         arrays = tuple(a for a in (qt.codes, qt.scales, qt.zeros) if a is not None)
     err = qt.relative_error(flat, plan.name) if flat.size else 0.0
@@ -140,6 +143,7 @@ class WeightJob:
 
     plan: TensorPlan
     source: Checkpoint
+    importance: np.ndarray | None = None  # E[x^2] of its input, for wmse/whqq
 
     @functools.cached_property
     def specs(self) -> tuple[TensorSpec, ...]:
@@ -147,7 +151,7 @@ class WeightJob:
         return tuple(stored_specs(self.plan.name, self.plan.shape, c.scheme, c.group_size))
 
     def encode(self) -> EncodedWeight:
-        return _encode(self.plan, _read(self.source, self.plan))
+        return _encode(self.plan, _read(self.source, self.plan), self.importance)
 
 
 @dataclass(frozen=True)
@@ -310,15 +314,21 @@ def convert(
     revision: str | None = None,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     fmt: str = "lowbit",
+    importance: Mapping[str, np.ndarray] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> ConvertSummary:
     """Convert the checkpoint at ``src`` into the model directory ``out``.
 
     ``src``: a HuggingFace checkpoint directory (config.json + safetensors), one
     safetensors file, or a GGUF file (imported first through transformers).
     ``preset`` and ``rules`` (``REGEX=SCHEME[:GROUP][:METHOD]``) choose each
-    tensor's scheme. ``fmt``: ``lowbit`` (safetensors, the compact format) or
-    ``npz`` (the reference documents' NPZ layout, format_version "2").
-    Returns a summary; bad input raises ConvertError,
+    tensor's scheme. ``importance``: per tensor name, E[x^2] of its input
+    channels (``lowbit.eval.calibration``), which the calibrated methods
+    (``wmse``, ``whqq``) need; a tensor without one gets the method's
+    uncalibrated search, and its plan says so. ``calibration``: what the
+    manifest records of where the statistics came from. ``fmt``: ``lowbit``
+    (safetensors, the compact format) or ``npz`` (the reference documents'
+    NPZ layout, format_version "2"). Returns a summary; bad input raises ConvertError,
     CheckpointError or ValueError naming the file or tensor.
     """
     src, out = Path(src), Path(out)
@@ -326,18 +336,27 @@ def convert(
         raise ConvertError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     recipe = Recipe.from_args(preset, list(rules))  # bad rules: say so before any long work
     check_target(out, force)
-    settings = _Settings(recipe, progress, repo_id, revision, max_shard_bytes, fmt)
+    settings = _Settings(
+        recipe,
+        progress,
+        repo_id,
+        revision,
+        max_shard_bytes,
+        fmt,
+        dict(importance or {}),
+        calibration,
+    )
     if src.is_file() and is_gguf(src):
         with writing(out, force=force) as partial:
             # Imported inside OUT.partial, so that what a kill leaves of it is
             # cleaned up with OUT.partial by the next run.
             checkpoint = partial / ".gguf-import"
             import_gguf(src, checkpoint)
-            planned = _plan(checkpoint, recipe)
+            planned = _plan(checkpoint, recipe, settings.importance)
             weights, files, source_files = _write(planned, partial, settings, source=src)
             shutil.rmtree(checkpoint)
     else:
-        planned = _plan(src, recipe)  # bad input fails before OUT is touched
+        planned = _plan(src, recipe, settings.importance)  # bad input fails before OUT is touched
         with writing(out, force=force) as partial:
             weights, files, source_files = _write(planned, partial, settings, source=None)
     seconds = time.perf_counter() - planned.t0
@@ -354,6 +373,8 @@ class _Settings:
     revision: str | None
     max_shard_bytes: int
     fmt: str
+    importance: dict[str, np.ndarray]
+    calibration: dict[str, Any] | None
 
 
 @dataclass
@@ -368,7 +389,18 @@ class _Planned:
     t0: float
 
 
-def _plan(src: Path, recipe: Recipe) -> _Planned:
+def _uncalibrated(plan: TensorPlan, importance: Mapping[str, np.ndarray]) -> TensorPlan:
+    """A calibrated method's plan for a tensor without statistics: the same
+    search, unweighted, and a fallback note saying why."""
+    base = CALIBRATED_METHODS.get(plan.choice.method)
+    if base is None or plan.name in importance:
+        return plan
+    why = f"no calibration statistics for its input; {plan.choice.method} -> {base}"
+    choice = dataclasses.replace(plan.choice, method=base)
+    return dataclasses.replace(plan, choice=choice, fallback=plan.fallback or why)
+
+
+def _plan(src: Path, recipe: Recipe, importance: Mapping[str, np.ndarray]) -> _Planned:
     """Read ``src``'s config and tensor list and plan each tensor's scheme."""
     t0 = time.perf_counter()
     config_path = src / "config.json" if src.is_dir() else src.parent / "config.json"
@@ -377,7 +409,7 @@ def _plan(src: Path, recipe: Recipe) -> _Planned:
     check_layers(config, ck.names(), config_path)
     tied = "lm_head.weight" not in ck.names()
     model = describe_model(config, config.get("_name_or_path") or src.name, tied)
-    plans = [recipe.plan(name, ck.info(name).shape) for name in ck.names()]
+    plans = [_uncalibrated(recipe.plan(n, ck.info(n).shape), importance) for n in ck.names()]
     _print_fallbacks(plans)
     return _Planned(src, config_path, ck, model, plans, t0)
 
@@ -397,7 +429,16 @@ def _write(
         else sorted({ck.info(n).file for n in ck.names()} | {planned.config_path})
     )
     output = _OUTPUTS[settings.fmt](partial, settings.max_shard_bytes)
-    jobs = [WeightJob(plan, ck) for plan in planned.plans]
+    jobs = [
+        WeightJob(
+            plan,
+            ck,
+            settings.importance.get(plan.name)
+            if plan.choice.method in CALIBRATED_METHODS
+            else None,
+        )
+        for plan in planned.plans
+    ]
     show = sys.stderr.isatty() if settings.progress is None else settings.progress
     with _BackgroundHashes(source_files) as source_hashes:
         with tqdm(total=len(jobs), unit="tensor", disable=not show, desc="convert") as bar:
@@ -413,7 +454,10 @@ def _write(
     about = _Provenance(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         model=planned.model,
-        recipe=settings.recipe.as_dict(),
+        recipe={
+            **settings.recipe.as_dict(),
+            **({"calibration": settings.calibration} if settings.calibration else {}),
+        },
         side_files=side_files,
         source={
             "path": str((source or src).resolve()),

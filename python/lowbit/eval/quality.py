@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.conversion.convert import convert
+from lowbit.eval.calibration import IMATRIX_SUFFIX, convert_calibrated
 from lowbit.eval.gguf_peer import gguf_roundtrip
 from lowbit.eval.validate import validate
 from lowbit.formats.manifest import WeightInfo
@@ -40,15 +41,19 @@ CASES: dict[str, Case] = {
         Case("q8 mse", "q8", (r".*\.weight=int8:32:mse",), "mse"),
         Case("int8 per row", "q8", (r".*\.weight=int8:row",)),
         Case("GGUF Q8_0", gguf=("Q8_0", "Q8_0")),
-        Case("q4 (int4 g32)", "q4"),
-        Case("q4 mse", "q4", _with("int4:32", "mse"), "mse"),
+        Case("q4 (uint4 g64 whqq)", "q4", method="whqq"),
+        Case("q4-nocal (uint4 g64 hqq)", "q4-nocal", method="hqq"),
+        Case("q4-int4 (int4 g32)", "q4-int4"),
+        Case("int4 g32 mse", "q4", _with("int4:32", "mse"), "mse"),
+        Case("int4 g32 wmse", "q4", _with("int4:32", "wmse"), "wmse"),
         Case("uint4 g64 rtn", "q4", _with("uint4:64", "rtn")),
         Case("uint4 g64 mse", "q4", _with("uint4:64", "mse"), "mse"),
-        Case("uint4 g64 hqq", "q4", _with("uint4:64", "hqq"), "hqq"),
+        Case("uint4 g64 wmse", "q4", _with("uint4:64", "wmse"), "wmse"),
         Case("GGUF Q4_0", gguf=("Q4_0", "Q8_0")),
         Case("uint2 g32 rtn", "q2", _with("uint2:32", "rtn")),
         Case("uint2 g32 mse", "q2", _with("uint2:32", "mse"), "mse"),
         Case("q2 (uint2 g32 hqq)", "q2", method="hqq"),
+        Case("uint2 g32 whqq", "q2", _with("uint2:32", "whqq"), "whqq"),
     )
 }
 
@@ -79,7 +84,20 @@ def run_case(case: Case, src: Path, workdir: Path, **validate_options: Any) -> d
         shutil.rmtree(peer)
         bits = (stats["bits_per_weight"], stats["linear_bits_per_weight"])
     else:
-        convert(src, out, preset=case.preset, rules=list(case.rules), force=True, progress=False)
+        # One calibration per source and work directory, reused by every case.
+        saved = workdir / f"calibration{IMATRIX_SUFFIX}"
+        convert_calibrated(
+            src,
+            out,
+            preset=case.preset,
+            rules=list(case.rules),
+            imatrix=saved if saved.is_file() else None,
+            force=True,
+            progress=False,
+        )
+        made = out.with_name(out.name + IMATRIX_SUFFIX)
+        if made.is_file():
+            made.replace(saved)
     if not case.gguf:
         bits = linear_bits_per_weight(read_manifest(out).weights)
     report = validate(out, src, **validate_options)
@@ -90,7 +108,9 @@ def run_case(case: Case, src: Path, workdir: Path, **validate_options: Any) -> d
         "bits_per_weight": bits[0],
         "linear_bits_per_weight": bits[1],
         "delta_ppl_pct": m.get("delta_ppl_pct"),
+        "delta_ppl_pct_se": m.get("delta_ppl_pct_se"),
         "kld_mean": m.get("kld_mean"),
+        "kld_mean_se": m.get("kld_mean_se"),
         "kld_p99": m.get("kld_p99"),
         "same_top": m.get("same_top"),
         "ppl": m.get("ppl"),

@@ -225,6 +225,23 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
 
 
+# Consecutive predictions of a text are correlated (a hard passage is hard
+# for many tokens), so standard errors come from the means of batches of this
+# many consecutive predictions rather than from the tokens one by one.
+SE_BATCH = 32
+
+
+def batch_means_se(x: np.ndarray, batch: int = SE_BATCH) -> float:
+    """Standard error of the mean of ``x`` by batch means: the spread of the
+    means of consecutive batches of ``batch`` values, over sqrt(batches).
+    Fewer than two batches: the per-value standard error."""
+    n = len(x) // batch
+    if n < 2:
+        return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+    means = x[: n * batch].reshape(n, batch).mean(axis=1)
+    return float(means.std(ddof=1) / math.sqrt(n))
+
+
 @dataclass
 class LogitComparison:
     """Next-token agreement of a model with a baseline, accumulated block of
@@ -248,15 +265,23 @@ class LogitComparison:
         self.max_delta = max(self.max_delta, float(np.abs(ours - base).max()))
 
     def metrics(self, base_name: str) -> dict[str, float]:
-        """ppl_{base_name}, ppl, delta_ppl_pct, kld_mean, kld_p99, same_top."""
+        """ppl_{base_name}, ppl, delta_ppl_pct and its standard error,
+        kld_mean and its standard error, kld_p99, same_top."""
         kl = np.maximum(np.concatenate(self.kld), 0.0)  # rounding can dip a hair below 0
-        ppl_base = math.exp(float(np.concatenate(self.nll_base).mean()))
-        ppl = math.exp(float(np.concatenate(self.nll_ours).mean()))
+        nll_base = np.concatenate(self.nll_base).astype(np.float64)
+        nll = np.concatenate(self.nll_ours).astype(np.float64)
+        ppl_base = math.exp(float(nll_base.mean()))
+        ppl = math.exp(float(nll.mean()))
+        # ΔPPL% = 100 (exp(mean d) - 1) with d the per-token difference of
+        # log-likelihoods; its standard error by the delta method.
+        ratio = ppl / ppl_base
         return {
             f"ppl_{base_name}": ppl_base,
             "ppl": ppl,
-            "delta_ppl_pct": 100.0 * (ppl / ppl_base - 1.0),
+            "delta_ppl_pct": 100.0 * (ratio - 1.0),
+            "delta_ppl_pct_se": 100.0 * ratio * batch_means_se(nll - nll_base),
             "kld_mean": float(kl.mean()),
+            "kld_mean_se": batch_means_se(kl),
             "kld_p99": float(np.percentile(kl, 99)),
             "same_top": float(np.concatenate(self.same).mean()),
         }
@@ -314,9 +339,12 @@ def format_report(report: ValidationReport) -> str:
             f"model, {m['predictions']} predictions ({m['windows']} windows of {m['context']} "
             f"tokens of {m['text']}):",
             f"  perplexity {m['ppl']:.4f} vs baseline {m['ppl_baseline']:.4f} "
-            f"({m['delta_ppl_pct']:+.3f}%)",
-            f"  KL divergence mean {m['kld_mean']:.5f}, p99 {m['kld_p99']:.5f}; "
+            f"({m['delta_ppl_pct']:+.3f}% ± {m['delta_ppl_pct_se']:.3f})",
+            f"  KL divergence mean {m['kld_mean']:.5f} ± {m['kld_mean_se']:.5f}, "
+            f"p99 {m['kld_p99']:.5f}; "
             f"same top token {m['same_top']:.2%}; max |Δlogit| {m['max_delta_logit']:.4f}",
+            f"  (± one standard error, from means of batches of {SE_BATCH} "
+            "consecutive predictions)",
         ]
     lines.append("")
     if report.ok:

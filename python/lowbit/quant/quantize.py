@@ -10,7 +10,13 @@ import numpy as np
 
 from lowbit import _core
 from lowbit.quant.dtypes import FLOAT_SCHEME_DTYPES, cast, core_dtype, raw_view
-from lowbit.quant.schemes import METHODS, Scheme, check_group_size, get_scheme
+from lowbit.quant.schemes import (
+    CALIBRATED_METHODS,
+    METHODS,
+    Scheme,
+    check_group_size,
+    get_scheme,
+)
 from lowbit.util.errors import ArgumentError, ArgumentTypeError
 
 _RULES = {
@@ -24,7 +30,14 @@ _FLOAT_FORMATS = {
     "f16": _core.WeightFormat.F16,
     "bf16": _core.WeightFormat.BF16,
 }
-_METHODS = {"rtn": _core.Method.RTN, "mse": _core.Method.MSE, "hqq": _core.Method.HQQ}
+_METHODS = {
+    "rtn": _core.Method.RTN,
+    "mse": _core.Method.MSE,
+    "hqq": _core.Method.HQQ,
+    # The weighted variants run the same searches, given importances.
+    "wmse": _core.Method.MSE,
+    "whqq": _core.Method.HQQ,
+}
 
 # Elements compared per step when measuring a float scheme's error: float64
 # copies of a whole embedding matrix would cost gigabytes.
@@ -222,12 +235,16 @@ def quantize(
     group_size: int | str | None = DEFAULT,
     method: str = "rtn",
     name: str = "tensor",
+    importance: np.ndarray | None = None,
 ) -> QuantizedTensor:
     """Quantize a 2-D float32, float16 or bfloat16 matrix with ``scheme``.
 
     ``group_size``: weights per scale along a row (a multiple of 16 that divides
     the row), ``None`` for one scale per row; by default the scheme's own
-    (32 for int4, per row otherwise). ``method``: ``rtn``, ``mse`` or ``hqq``.
+    (32 for int4, per row otherwise). ``method``: ``rtn``, ``mse`` or ``hqq``,
+    or the calibrated ``wmse`` and ``whqq``, which need ``importance``: float32
+    ``[cols]``, E[x_j^2] of the layer's input channel j (see
+    ``lowbit.eval.calibration``), weighting each column's squared error.
     ``name`` appears in every error message. NaN or Inf in ``x`` is an error.
     """
     s = get_scheme(scheme)
@@ -242,9 +259,16 @@ def quantize(
         raise ArgumentError(
             f"{name}: method {method!r} does not apply to {scheme}; it takes {', '.join(s.methods)}"
         )
+    calibrated = method in CALIBRATED_METHODS
+    if calibrated != (importance is not None):
+        raise ArgumentError(
+            f"{name}: method {method!r} "
+            + ("needs calibration statistics (importance)" if calibrated else "takes no importance")
+            + f"; the calibrated methods are {', '.join(CALIBRATED_METHODS)}"
+        )
     gs = resolve_group_size(s, group_size)
     check_group_size(gs, x.shape[1], name)
     codes, scales, zeros = _core.quantize(
-        raw_view(x), core_dtype(x.dtype, name), core_params(s, gs, method), name
+        raw_view(x), core_dtype(x.dtype, name), core_params(s, gs, method), name, importance
     )
     return QuantizedTensor(scheme, x.shape, codes, scales, zeros, gs, method)

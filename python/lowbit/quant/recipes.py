@@ -10,13 +10,14 @@ a tensor's rows the recipe's fallback is used and the plan says why.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from lowbit.models.families import role_of
-from lowbit.quant.schemes import fitting_group_sizes, get_scheme
+from lowbit.quant.schemes import CALIBRATED_METHODS, fitting_group_sizes, get_scheme
 from lowbit.util.errors import ArgumentError
 
 FLOAT32_ROLES = frozenset({"norm", "attn_q_norm", "attn_k_norm", "bias"})
@@ -62,6 +63,8 @@ _INT8 = Choice("int8")
 # 0.0049 to 0.0016 (benchmarks/bench_quality.py).
 _INT8_G32 = Choice("int8", 32)
 _INT4 = Choice("int4", 32)
+_UINT4_WHQQ = Choice("uint4", 64, "whqq")
+_UINT4_HQQ = Choice("uint4", 64, "hqq")
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -70,9 +73,30 @@ PRESETS: dict[str, Preset] = {
         Preset("f16", "float16 everywhere (norms float32)", Choice("f16")),
         Preset("bf16", "bfloat16 everywhere (norms float32)", Choice("bf16")),
         Preset("q8", "int8 group 32 everywhere (per row where 32 does not fit)", _INT8_G32),
+        # 4.5 bits per linear weight, as llama.cpp's Q4_0. On SmolLM2-135M
+        # (1024 tokens of the license texts) mean KLD: uint4 g64 whqq 0.113,
+        # wmse 0.216, int4 g32 wmse 0.198; uncalibrated uint4 g64 hqq 0.265,
+        # int4 g32 rtn (q4 before calibration) 0.331; GGUF Q4_0 0.328
+        # (benchmarks/bench_quality.py). Calibrated: conversion runs the
+        # float model over the calibration text first (lowbit.eval.calibration).
         Preset(
             "q4",
-            "int4 group 32 for linear layers; int8 group 32 embeddings and lm_head",
+            "uint4 group 64, calibrated hqq (whqq), for linear layers; "
+            "int8 group 32 embeddings and lm_head",
+            _UINT4_WHQQ,
+            {**_roles(EMBEDDINGS, _INT8_G32), **_roles(ROUTERS, _F32)},
+        ),
+        Preset(
+            "q4-nocal",
+            "q4 without calibration: uint4 group 64 hqq for linear layers; "
+            "int8 group 32 embeddings and lm_head",
+            _UINT4_HQQ,
+            {**_roles(EMBEDDINGS, _INT8_G32), **_roles(ROUTERS, _F32)},
+        ),
+        Preset(
+            "q4-int4",
+            "int4 group 32 (round to nearest, as llama.cpp's Q4_0) for linear layers; "
+            "int8 group 32 embeddings and lm_head",
             _INT4,
             {**_roles(EMBEDDINGS, _INT8_G32), **_roles(ROUTERS, _F32)},
         ),
@@ -175,6 +199,13 @@ class Recipe:
             raise ArgumentError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
         return cls(PRESETS[preset], tuple(parse_rule(r) for r in rules))
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether any tensor may get a calibrated method (wmse, whqq)."""
+        p = self.preset
+        choices = [p.default, p.fallback, *p.by_role.values(), *(r.choice for r in self.rules)]
+        return any(c.method in CALIBRATED_METHODS for c in choices)
+
     def plan(self, name: str, shape: tuple[int, ...]) -> TensorPlan:
         role = role_of(name)
         if len(shape) < 2 or role in FLOAT32_ROLES:
@@ -189,7 +220,16 @@ class Recipe:
         grouped = get_scheme(choice.scheme).takes_group_size
         if not grouped or gs is None or gs in fitting_group_sizes(cols):
             return TensorPlan(name, role, shape, choice, source)
-        fallback = self.preset.fallback
+        # First a smaller group of the same scheme (a divisor of the size
+        # asked for, at least 32: more bits per weight, never fewer), then
+        # the preset's fallback.
+        fits = fitting_group_sizes(cols)
+        smaller = [g for g in fits if 32 <= g < gs and gs % g == 0]
+        fallback = (
+            dataclasses.replace(choice, group_size=max(smaller))
+            if smaller
+            else self.preset.fallback
+        )
         why = (
             f"{choice.describe()} does not fit rows of {cols} "
             f"({math.prod(shape[:-1])} rows); using {fallback.describe()}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from lowbit import _core
-from lowbit.quant.schemes import Scheme
+from lowbit.quant.schemes import CALIBRATED_METHODS, Scheme
 
 F32 = np.float32
 Params = tuple[np.ndarray, np.ndarray, np.ndarray]  # scale, 1/scale, zero per group
@@ -74,16 +74,24 @@ def _codes(s: Scheme, xg: np.ndarray, inv: np.ndarray, zero: np.ndarray) -> np.n
 
 
 def _sse(
-    s: Scheme, xg: np.ndarray, scale: np.ndarray, inv: np.ndarray, zero: np.ndarray
+    s: Scheme,
+    xg: np.ndarray,
+    scale: np.ndarray,
+    inv: np.ndarray,
+    zero: np.ndarray,
+    w: np.ndarray | None = None,
 ) -> np.ndarray:
+    """Squared error per group; with importances ``w`` (same shape as xg),
+    sum w d^2."""
     q = _codes(s, xg, inv, zero)
     rec = (q - zero[:, None]) * scale[:, None]
-    return ((xg - rec).astype(np.float64) ** 2).sum(axis=1)
+    d2 = (xg - rec).astype(np.float64) ** 2
+    return (d2 if w is None else w * d2).sum(axis=1)
 
 
-def _hqq(s: Scheme, xg: np.ndarray, f16: bool) -> Params:
+def _hqq(s: Scheme, xg: np.ndarray, f16: bool, w: np.ndarray | None = None) -> Params:
     scale, inv, zero = _params(s, xg, f16, F32(1.0))
-    best_sse = _sse(s, xg, scale, inv, zero)
+    best_sse = _sse(s, xg, scale, inv, zero, w)
     active = (scale != 0) & (xg.min(axis=1) != xg.max(axis=1))
     beta = HQQ_BETA
     lo, hi = F32(s.qmin), F32(s.qmax)
@@ -94,11 +102,19 @@ def _hqq(s: Scheme, xg: np.ndarray, f16: bool) -> Params:
         mag = np.maximum(np.abs(resid), F32(1e-30))
         thresh = np.power(mag, HQQ_LP_NORM - F32(1.0)) * inv_beta
         e = np.copysign(np.maximum(np.abs(resid) - thresh, F32(0.0)), resid)
-        step = (q - (xg - e) * inv[:, None]).mean(axis=1, dtype=F32)
+        t = q - (xg - e) * inv[:, None]
+        if w is None:
+            step = t.mean(axis=1, dtype=F32)
+        else:
+            # The weighted mean (all-zero weights: the plain mean).
+            wsum = w.sum(axis=1, dtype=F32)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                wmean = (w * t).sum(axis=1, dtype=F32) / wsum
+            step = np.where(wsum > 0, wmean, t.mean(axis=1, dtype=F32)).astype(F32)
         with np.errstate(over="ignore", invalid="ignore"):
             cand = _store(step, f16)
         beta = beta * HQQ_KAPPA
-        sse = _sse(s, xg, scale, inv, cand)
+        sse = _sse(s, xg, scale, inv, cand, w)
         improve = active & np.isfinite(cand) & (sse < best_sse)
         zero = np.where(improve, cand, zero)
         best_sse = np.where(improve, sse, best_sse)
@@ -108,18 +124,22 @@ def _hqq(s: Scheme, xg: np.ndarray, f16: bool) -> Params:
     return scale, inv, zero
 
 
-def _find_params(s: Scheme, xg: np.ndarray, f16: bool, method: str) -> Params:
+def _find_params(
+    s: Scheme, xg: np.ndarray, f16: bool, method: str, w: np.ndarray | None = None
+) -> Params:
+    """``w``: per-element importances of the calibrated methods (wmse, whqq)."""
+    method = CALIBRATED_METHODS.get(method, method)
     if method == "hqq":
-        return _hqq(s, xg, f16)
+        return _hqq(s, xg, f16, w)
     best = _params(s, xg, f16, F32(1.0))
     if method == "rtn":
         return best
-    best_sse = _sse(s, xg, *best)
+    best_sse = _sse(s, xg, *best, w)
     ratios = MSE_RATIOS_MEANABS if s.rule == "meanabs" else MSE_RATIOS
     for ratio in ratios[1:]:
         cand = _params(s, xg, f16, ratio)
         ok = np.isfinite(cand[0]) & np.isfinite(cand[2])
-        sse = _sse(s, xg, *cand)
+        sse = _sse(s, xg, *cand, w)
         better = ok & (sse < best_sse)
         best = (
             np.where(better, cand[0], best[0]),
@@ -156,9 +176,16 @@ def unpack(s: Scheme, packed: np.ndarray, cols: int) -> np.ndarray:
 
 
 def quantize(
-    s: Scheme, x: np.ndarray, group_size: int | None, method: str = "rtn"
+    s: Scheme,
+    x: np.ndarray,
+    group_size: int | None,
+    method: str = "rtn",
+    importance: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Reference quantization of a 2-D matrix: (codes, scales, zeros).
+
+    ``importance``: float32 [cols], the per-column weights of the squared
+    error that the calibrated methods (wmse, whqq) minimise.
 
     Codes are int8 ``[rows, cols]`` for int8, uint8 ``[rows, cols]`` for uint8,
     and packed uint8 ``[rows, row_bytes]`` otherwise. Scales and zeros are the
@@ -170,7 +197,11 @@ def quantize(
     groups = cols // g
     f16 = group_size is not None
     xg = x.reshape(rows * groups, g)
-    scale, inv, zero = _find_params(s, xg, f16, method)
+    w = None
+    if importance is not None:
+        w = np.broadcast_to(np.asarray(importance, F32).reshape(1, groups, g), (rows, groups, g))
+        w = w.reshape(rows * groups, g)
+    scale, inv, zero = _find_params(s, xg, f16, method, w)
     q = _codes(s, xg, inv, zero).reshape(rows, cols).astype(np.int32)
     scales = scale.reshape(rows, groups)
     zeros = zero.reshape(rows, groups) if s.asymmetric else None

@@ -14,7 +14,18 @@ from dataclasses import dataclass
 from lowbit import _core
 from lowbit.util.errors import ArgumentError
 
-METHODS = ("rtn", "mse", "hqq")
+METHODS = ("rtn", "mse", "hqq", "wmse", "whqq")
+# Calibrated methods: the search of the method they name, minimising the
+# squared error weighted per input channel by E[x_j^2] from calibration
+# (sum_j E[x_j^2] (w_j - w^_j)^2, the expected squared error of the layer's
+# output) instead of the plain squared error.
+CALIBRATED_METHODS = {"wmse": "mse", "whqq": "hqq"}
+
+
+def with_calibrated(methods: tuple[str, ...]) -> tuple[str, ...]:
+    """``methods`` plus the calibrated variant of each search among them."""
+    return methods + tuple(w for w, base in CALIBRATED_METHODS.items() if base in methods)
+
 
 # Codes are packed into 16-byte blocks; see src/quant/quant_params.h.
 BLOCK_BYTES: int = _core.BLOCK_BYTES
@@ -145,7 +156,7 @@ def _asym(bits: int) -> Scheme:
         rule="minmax",
         qmin=0,
         qmax=(1 << bits) - 1,
-        methods=METHODS,
+        methods=METHODS,  # rtn, mse, hqq and their weighted variants
         summary=f"unsigned {bits}-bit codes with a scale and a zero point",
     )
 
@@ -160,7 +171,7 @@ SCHEMES: dict[str, Scheme] = {
             qmin=-127,
             qmax=127,
             scale_divisor=127.0,
-            methods=("rtn", "mse"),
+            methods=with_calibrated(("rtn", "mse")),
             summary="int8 in [-127, 127], scale = absmax / 127",
         ),
         Scheme(
@@ -174,7 +185,7 @@ SCHEMES: dict[str, Scheme] = {
             code_offset=8,
             scale_divisor=-8.0,
             default_group_size=32,
-            methods=("rtn", "mse"),
+            methods=with_calibrated(("rtn", "mse")),
             summary="int4 in [-8, 7], scale = signed extreme / -8, stored as q + 8",
         ),
         _asym(8),
@@ -188,7 +199,7 @@ SCHEMES: dict[str, Scheme] = {
             qmin=-1,
             qmax=1,
             code_offset=1,
-            methods=("rtn", "mse"),
+            methods=with_calibrated(("rtn", "mse")),
             summary="{-1, 0, 1} with scale = mean|x| (BitNet b1.58), stored as q + 1",
         ),
         Scheme(

