@@ -23,7 +23,7 @@ def reference() -> Path:
     return default_model_path()
 
 
-@pytest.mark.parametrize("preset", ["q8", "q4", "q2"])
+@pytest.mark.parametrize("preset", ["q8", "q4", "q4-nocal", "q4-int4", "q2"])
 def test_preset_stays_within_its_record(preset, reference, lowbit_validate, tmp_path):
     out = tmp_path / preset
     lowbit.convert(reference, out, preset=preset, progress=False)
@@ -38,8 +38,21 @@ def test_a_worse_int4_quantizer_breaks_the_q4_record(reference, lowbit_validate,
     old = dataclasses.replace(SCHEMES["int4"], rule="absmax", scale_divisor=7.0)
     monkeypatch.setitem(SCHEMES, "int4", old)
     out = tmp_path / "q4-absmax"
-    lowbit.convert(reference, out, preset="q4", progress=False)
+    lowbit.convert(reference, out, preset="q4-int4", progress=False)
     report = lowbit_validate(out, reference)
     with pytest.raises(AssertionError, match="kld_mean") as failure:
         assert_within_tolerance(report, RECORD)
     assert "relative error" in str(failure.value)
+
+
+def test_q4_without_calibration_breaks_the_q4_record(reference, lowbit_validate, tmp_path):
+    """q4 converted without its calibration statistics (the plain convert:
+    whqq falls back to hqq on every tensor) is caught by q4's record."""
+    from lowbit.conversion.convert import convert
+
+    out = tmp_path / "q4-uncalibrated"
+    convert(reference, out, preset="q4", progress=False)
+    report = lowbit_validate(out, reference)
+    assert report.preset == "q4"
+    with pytest.raises(AssertionError, match="kld_mean"):
+        assert_within_tolerance(report, RECORD)
