@@ -41,11 +41,11 @@ convert_module = importlib.import_module("lowbit.conversion.convert")
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
 real = convert_module._encode
 
-def paused(plan, x):
+def paused(*args):
     ready.touch()
     while not go.exists():
         time.sleep(0.02)
-    return real(plan, x)
+    return real(*args)
 
 convert_module._encode = paused
 sys.exit(main(sys.argv[3:]))

@@ -507,6 +507,63 @@ TEST_P(QuantizeTest, ReportsAGroupScaleBeyondFloat16) {
   EXPECT_EQ(errors.col(), 32u);  // the start of the group
 }
 
+// Importances of 1 are the unweighted search bit for bit; importances that
+// are zero on half of each group leave that half out of the error the search
+// minimises, so on the other half the weighted mse result is never worse
+// than the unweighted one (both pick from the same clip ratios) and the
+// weighted hqq result never worse than rtn (where both iterations start).
+TEST_P(QuantizeTest, WeightedSearchesWeighTheirColumns) {
+  const size_t rows = 24, cols = 128, g = 32;
+  Input in = MakeInput(rows, cols, DType::kF32, 9);
+  const float* x = reinterpret_cast<const float*>(in.bytes.data());
+  std::vector<float> ones(cols, 1.0f), half(cols, 0.0f);
+  for (size_t j = 0; j < cols; ++j) half[j] = (j % g) < g / 2 ? 1.0f : 0.0f;
+  for (const Scheme& s : Schemes()) {
+    for (Method m : {Method::kMse, Method::kHqq}) {
+      if (m == Method::kHqq && s.rule != ScaleRule::kMinMax) continue;
+      SCOPED_TRACE(std::string(s.name) + (m == Method::kHqq ? " hqq" : " mse"));
+      const QuantParams p = ParamsOf(s, g, m);
+      auto run = [&](const float* w) {
+        Quantized q = Allocate(rows, cols, p);
+        ErrorSink errors;
+        QuantizeMatrix(x, DType::kF32, rows, cols, p, q.codes.data(),
+                       q.scales_data(), q.zeros_data(), &errors, w);
+        EXPECT_EQ(errors.kind(), ErrorKind::kNone);
+        return q;
+      };
+      const Quantized plain = run(nullptr);
+      const Quantized unit = run(ones.data());
+      EXPECT_EQ(unit.codes, plain.codes);
+      EXPECT_EQ(unit.scales, plain.scales);
+      EXPECT_EQ(unit.zeros, plain.zeros);
+      const Quantized weighted = run(half.data());
+      Quantized rtn = Allocate(rows, cols, p);
+      {
+        ErrorSink errors;
+        const QuantParams rp = ParamsOf(s, g, Method::kRtn);
+        QuantizeMatrix(x, DType::kF32, rows, cols, rp, rtn.codes.data(),
+                       rtn.scales_data(), rtn.zeros_data(), &errors);
+      }
+      auto half_sse = [&](const Quantized& q) {
+        double sse = 0;
+        for (size_t r = 0; r < rows; ++r) {
+          for (size_t c = 0; c < cols; ++c) {
+            if (half[c] == 0.0f) continue;
+            const float rec = q.scale(r, c / g) *
+                              (static_cast<float>(StoredCode(q, r, c)) -
+                               q.zero(r, c / g));
+            const double d = x[r * cols + c] - rec;
+            sse += d * d;
+          }
+        }
+        return sse;
+      };
+      const Quantized& start = m == Method::kMse ? plain : rtn;
+      EXPECT_LE(half_sse(weighted), half_sse(start) * (1 + 1e-5));
+    }
+  }
+}
+
 // ---------------------------------------------------------------- casts
 
 // Inputs that reach every rounding case: ties at float16 and bfloat16

@@ -316,6 +316,7 @@ def convert(
     fmt: str = "lowbit",
     importance: Mapping[str, np.ndarray] | None = None,
     calibration: dict[str, Any] | None = None,
+    quiet: bool = False,
 ) -> ConvertSummary:
     """Convert the checkpoint at ``src`` into the model directory ``out``.
 
@@ -326,7 +327,8 @@ def convert(
     channels (``lowbit.eval.calibration``), which the calibrated methods
     (``wmse``, ``whqq``) need; a tensor without one gets the method's
     uncalibrated search, and its plan says so. ``calibration``: what the
-    manifest records of where the statistics came from. ``fmt``: ``lowbit``
+    manifest records of where the statistics came from. ``quiet``: print
+    no notes on stderr (fallbacks; the manifest records them all). ``fmt``: ``lowbit``
     (safetensors, the compact format) or ``npz`` (the reference documents'
     NPZ layout, format_version "2"). Returns a summary; bad input raises ConvertError,
     CheckpointError or ValueError naming the file or tensor.
@@ -352,11 +354,11 @@ def convert(
             # cleaned up with OUT.partial by the next run.
             checkpoint = partial / ".gguf-import"
             import_gguf(src, checkpoint)
-            planned = _plan(checkpoint, recipe, settings.importance)
+            planned = _plan(checkpoint, recipe, settings.importance, quiet)
             weights, files, source_files = _write(planned, partial, settings, source=src)
             shutil.rmtree(checkpoint)
     else:
-        planned = _plan(src, recipe, settings.importance)  # bad input fails before OUT is touched
+        planned = _plan(src, recipe, settings.importance, quiet)  # bad input: before OUT
         with writing(out, force=force) as partial:
             weights, files, source_files = _write(planned, partial, settings, source=None)
     seconds = time.perf_counter() - planned.t0
@@ -397,10 +399,11 @@ def _uncalibrated(plan: TensorPlan, importance: Mapping[str, np.ndarray]) -> Ten
         return plan
     why = f"no calibration statistics for its input; {plan.choice.method} -> {base}"
     choice = dataclasses.replace(plan.choice, method=base)
-    return dataclasses.replace(plan, choice=choice, fallback=plan.fallback or why)
+    fallback = f"{plan.fallback}; {why}" if plan.fallback else why
+    return dataclasses.replace(plan, choice=choice, fallback=fallback)
 
 
-def _plan(src: Path, recipe: Recipe, importance: Mapping[str, np.ndarray]) -> _Planned:
+def _plan(src: Path, recipe: Recipe, importance: Mapping[str, np.ndarray], quiet: bool) -> _Planned:
     """Read ``src``'s config and tensor list and plan each tensor's scheme."""
     t0 = time.perf_counter()
     config_path = src / "config.json" if src.is_dir() else src.parent / "config.json"
@@ -410,7 +413,8 @@ def _plan(src: Path, recipe: Recipe, importance: Mapping[str, np.ndarray]) -> _P
     tied = "lm_head.weight" not in ck.names()
     model = describe_model(config, config.get("_name_or_path") or src.name, tied)
     plans = [_uncalibrated(recipe.plan(n, ck.info(n).shape), importance) for n in ck.names()]
-    _print_fallbacks(plans)
+    if not quiet:
+        _print_fallbacks(plans)
     return _Planned(src, config_path, ck, model, plans, t0)
 
 

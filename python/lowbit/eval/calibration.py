@@ -217,6 +217,7 @@ def convert_calibrated(
     force: bool = False,
     progress: bool | None = None,
     fmt: str = "lowbit",
+    quiet: bool = False,
     **kwargs: Any,
 ) -> ConvertSummary:
     """``convert``, with the calibration statistics its recipe needs.
@@ -230,7 +231,7 @@ def convert_calibrated(
     fall back to their plain searches (stderr and the manifest say so). The
     other arguments are convert's.
     """
-    kwargs.update(force=force, progress=progress, fmt=fmt)
+    kwargs.update(force=force, progress=progress, fmt=fmt, quiet=quiet)
     out = Path(out)
     recipe = Recipe.from_args(preset, list(rules))
     if imatrix is None and not recipe.calibrated:
@@ -239,11 +240,12 @@ def convert_calibrated(
         # No text can be run through a model without a tokenizer: the
         # calibrated methods use their plain searches, and every tensor's
         # manifest entry says so.
-        print(
-            f"lowbit: {src}: no tokenizer.json to tokenize calibration text; "
-            "calibrated methods fall back to their uncalibrated searches",
-            file=sys.stderr,
-        )
+        if not quiet:
+            print(
+                f"lowbit: {src}: no tokenizer.json to tokenize calibration text; "
+                "calibrated methods fall back to their uncalibrated searches",
+                file=sys.stderr,
+            )
         return convert(src, out, preset, rules, **kwargs)
     check_target(out, force)  # before the long calibration
     if imatrix is not None:
