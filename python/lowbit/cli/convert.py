@@ -53,6 +53,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="reuse the statistics an earlier conversion saved (OUT.imatrix.safetensors)",
     )
+    cal.add_argument(
+        "--target-bpw",
+        type=float,
+        metavar="B",
+        help="choose each matrix's scheme by measured sensitivity (calibrated) so that the "
+        "matrices, embedding included, average at most B bits per weight",
+    )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     common.add_output_flags(p)
 

@@ -213,6 +213,7 @@ def convert_calibrated(
     calibration: list[Path] | None = None,
     calibration_tokens: int = DEFAULT_TOKENS,
     imatrix: str | Path | None = None,
+    target_bpw: float | None = None,
     *,
     force: bool = False,
     progress: bool | None = None,
@@ -230,11 +231,17 @@ def convert_calibrated(
     without a tokenizer cannot be calibrated on text: its calibrated methods
     fall back to their plain searches (stderr and the manifest say so). The
     other arguments are convert's.
+
+    ``target_bpw``: choose each matrix's scheme by measured sensitivity so
+    that the matrices (embedding included) average at most that many bits
+    per weight (``lowbit.eval.budget``); the choices become ``--scheme`` rules
+    after the given ones, printed and recorded in the manifest.
     """
     kwargs.update(force=force, progress=progress, fmt=fmt, quiet=quiet)
     out = Path(out)
     recipe = Recipe.from_args(preset, list(rules))
-    if imatrix is None and not recipe.calibrated:
+    needs_stats = recipe.calibrated or target_bpw is not None
+    if imatrix is None and not needs_stats:
         return convert(src, out, preset, rules, **kwargs)
     if imatrix is None and not calibration and not _has_tokenizer(Path(src)):
         # No text can be run through a model without a tokenizer: the
@@ -254,7 +261,18 @@ def convert_calibrated(
         stats = calibrate(src, calibration, calibration_tokens)
         saved = out.with_name(out.name + IMATRIX_SUFFIX)
         stats.save(saved)
-    about = {"imatrix": str(saved.resolve()), "tokens": stats.tokens, "text": stats.text}
+    about: dict[str, Any] = {
+        "imatrix": str(saved.resolve()),
+        "tokens": stats.tokens,
+        "text": stats.text,
+    }
+    if target_bpw is not None:
+        from lowbit.eval.budget import budget_rules, describe_rules
+
+        chosen, about["budget"] = budget_rules(src, stats.mean_sq, target_bpw)
+        if not quiet:
+            print(describe_rules(chosen, about["budget"]), file=sys.stderr)
+        rules = [*rules, *chosen]
     return convert(src, out, preset, rules, importance=stats.mean_sq, calibration=about, **kwargs)
 
 

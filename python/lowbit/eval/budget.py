@@ -1,0 +1,118 @@
+"""``--target-bpw``: measure each matrix's sensitivity and spend the bit budget
+where it lowers the estimated loss most (``lowbit.quant.allocate``).
+
+Estimated loss of quantizing matrix W alone with a candidate scheme: the
+relative noise it adds to the layer's output,
+``sum_ij E[x_j^2] (W_ij - W^_ij)^2 / sum_ij E[x_j^2] W_ij^2``, with E[x^2] from
+calibration (1 for the embedding, whose rows are looked up, not multiplied).
+Summed over matrices, as the noise of the layers adds up in the residual
+stream. The result is a list of ``--scheme`` rules, one per matrix, so the
+recipe is printed, recorded in the manifest and reproducible.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from lowbit.formats.safetensors import Checkpoint
+from lowbit.models.families import role_of
+from lowbit.quant.allocate import Candidate, allocate
+from lowbit.quant.quantize import quantize
+from lowbit.quant.recipes import FLOAT32_ROLES, Choice
+from lowbit.quant.schemes import CALIBRATED_METHODS, fitting_group_sizes
+from lowbit.util.errors import ArgumentError
+
+# The ladder each matrix may take, smallest first (bits per weight with
+# float16 scales and zero points): 3.0, 4.5, 5.0, 8.5.
+LADDER = (
+    Choice("uint2", 32, "whqq"),
+    Choice("uint4", 64, "whqq"),
+    Choice("uint4", 32, "whqq"),
+    Choice("int8", 32),
+)
+
+
+def _candidates(x: np.ndarray, importance: np.ndarray | None, name: str) -> list[Candidate]:
+    m = np.ones(x.shape[1], np.float32) if importance is None else importance
+    x64 = x.astype(np.float64)
+    signal = float((m * x64**2).sum()) or 1.0
+    out = []
+    for c in LADDER:
+        if c.group_size not in fitting_group_sizes(x.shape[1]):
+            continue
+        method = c.method
+        if method in CALIBRATED_METHODS and importance is None:
+            method = CALIBRATED_METHODS[method]
+        w = importance if method in CALIBRATED_METHODS else None
+        qt = quantize(x, c.scheme, c.group_size, method, name=name, importance=w)
+        noise = float((m * (x64 - qt.dequantize()) ** 2).sum())
+        out.append(
+            Candidate(
+                Choice(c.scheme, c.group_size, method), qt.bits_per_weight * x.size, noise / signal
+            )
+        )
+    return out
+
+
+def budget_rules(
+    src: str | Path, importance: Mapping[str, np.ndarray], target_bpw: float
+) -> tuple[list[str], dict[str, float]]:
+    """(``--scheme`` rules, one per matrix, and a summary) choosing every 2-D
+    weight's scheme so that the matrices average at most ``target_bpw`` bits
+    per weight (codes, scales and zero points; the embedding included)."""
+    ck = Checkpoint(src)
+    cands: dict[str, list[Candidate]] = {}
+    params = 0
+    for name in ck.names():
+        shape = ck.info(name).shape
+        if (
+            len(shape) != 2
+            or role_of(name) in FLOAT32_ROLES
+            or role_of(name) in ("router", "shared_router")
+        ):
+            continue
+        x = np.ascontiguousarray(ck.get_float(name), np.float32)
+        found = _candidates(x, importance.get(name), name)
+        if found:
+            cands[name] = found
+            params += x.size
+    if not cands:
+        raise ArgumentError(f"{src}: no matrices to spend a bit budget on")
+    smallest = sum(min(c.bits for c in v) for v in cands.values()) / params
+    if target_bpw < smallest:
+        raise ArgumentError(
+            f"--target-bpw {target_bpw}: below the smallest recipe ({smallest:.3f} bits per weight)"
+        )
+    picked = allocate(cands, target_bpw * params)
+    rules = []
+    for name, c in picked.items():
+        ch = c.choice
+        rules.append(f"^{re.escape(name)}$={ch.scheme}:{ch.group_size}:{ch.method}")
+    bits = sum(c.bits for c in picked.values())
+    summary = {
+        "target_bpw": target_bpw,
+        "bpw": bits / params,
+        "estimated_loss": sum(c.loss for c in picked.values()),
+    }
+    return rules, summary
+
+
+def describe_rules(rules: list[str], summary: dict[str, float]) -> str:
+    """How many matrices got each scheme, and the bits reached."""
+    counts: dict[str, int] = {}
+    for r in rules:
+        spec = r.rpartition("=")[2]
+        counts[spec] = counts.get(spec, 0) + 1
+    parts = ", ".join(f"{n} x {spec}" for spec, n in sorted(counts.items()))
+    return (
+        f"lowbit convert: --target-bpw {summary['target_bpw']}: {parts}; "
+        f"{summary['bpw']:.3f} bits per weight over the matrices "
+        "(every rule is in the manifest's recipe)"
+    )
+
+
+__all__ = ["LADDER", "budget_rules", "describe_rules"]
