@@ -230,3 +230,13 @@ def test_cli_convert_reuses_an_imatrix(tiny_checkpoint, tmp_path, capsys):
     methods = {w.method for w in read_manifest(out).weights if w.role == "attn_q"}
     assert methods == {"whqq"}
     assert not out.with_name(out.name + IMATRIX_SUFFIX).exists()  # given, not made
+
+
+def test_a_bit_budget_without_statistics_is_refused(tiny_checkpoint, tmp_path, capsys):
+    """A model without a tokenizer cannot be calibrated: --target-bpw says so
+    (exit 2) rather than spend the budget blind."""
+    out = tmp_path / "budget"
+    rc = main(["convert", str(tiny_checkpoint("llama")), str(out), "--target-bpw", "5"])
+    assert rc == 2
+    assert "--target-bpw" in capsys.readouterr().err
+    assert not out.exists()

@@ -533,6 +533,8 @@ NO_SIZE_ARGUMENTS = {
     "position",
     "context",
     "name",
+    "collect_input_stats",  # a bool: on or off
+    "input_stats",  # no arguments
 }
 
 

@@ -65,6 +65,10 @@ class CalibrationError(LowbitError):
     """Calibration text or statistics that cannot be used."""
 
 
+class NoTokenizerError(CalibrationError):
+    """The model has no tokenizer to turn calibration text into tokens."""
+
+
 def default_calibration_text() -> tuple[str, str]:
     """(text, label) of the default calibration text."""
     from pydoc_data.topics import topics  # part of CPython's standard library
@@ -172,7 +176,7 @@ def calibrate(
         convert(src, model_dir, preset="f32", progress=False)
         model = load(model_dir, context_length=CONTEXT)
         if model.tokenizer is None:
-            raise CalibrationError(f"{src}: no tokenizer.json to tokenize the calibration text")
+            raise NoTokenizerError(f"{src}: no tokenizer.json to tokenize the calibration text")
         windows, label = calibration_ids(model.tokenizer, files, tokens)
         core = model._core
         core.collect_input_stats(True)
@@ -203,6 +207,32 @@ def _has_tokenizer(src: Path) -> bool:
     if src.is_file():
         return is_gguf(src) or (src.parent / TOKENIZER_FILE).is_file()
     return (src / TOKENIZER_FILE).is_file()
+
+
+def _uncalibrated(
+    src: str | Path,
+    out: Path,
+    preset: str,
+    rules: list[str] | tuple[str, ...],
+    quiet: bool,
+    target_bpw: float | None,
+    kwargs: dict[str, Any],
+) -> ConvertSummary:
+    """No text can be run through a model without a tokenizer: the
+    calibrated methods use their plain searches, said once here and in every
+    tensor's manifest entry. A bit budget cannot do without the statistics."""
+    if target_bpw is not None:
+        raise NoTokenizerError(
+            f"{src}: --target-bpw measures sensitivity on calibration statistics, and this "
+            "model has no tokenizer for calibration text; give --imatrix FILE"
+        )
+    if not quiet:
+        print(
+            f"lowbit: {src}: no tokenizer to tokenize calibration text; "
+            "calibrated methods fall back to their uncalibrated searches",
+            file=sys.stderr,
+        )
+    return convert(src, out, preset, rules, **kwargs)
 
 
 def convert_calibrated(
@@ -244,21 +274,17 @@ def convert_calibrated(
     if imatrix is None and not needs_stats:
         return convert(src, out, preset, rules, **kwargs)
     if imatrix is None and not calibration and not _has_tokenizer(Path(src)):
-        # No text can be run through a model without a tokenizer: the
-        # calibrated methods use their plain searches, and every tensor's
-        # manifest entry says so.
-        if not quiet:
-            print(
-                f"lowbit: {src}: no tokenizer.json to tokenize calibration text; "
-                "calibrated methods fall back to their uncalibrated searches",
-                file=sys.stderr,
-            )
-        return convert(src, out, preset, rules, **kwargs)
+        return _uncalibrated(src, out, preset, rules, quiet, target_bpw, kwargs)
     check_target(out, force)  # before the long calibration
     if imatrix is not None:
         stats, saved = Imatrix.load(Path(imatrix)), Path(imatrix)
     else:
-        stats = calibrate(src, calibration, calibration_tokens)
+        try:
+            stats = calibrate(src, calibration, calibration_tokens)
+        except NoTokenizerError:
+            if calibration:
+                raise  # the user's own text cannot be read by this model
+            return _uncalibrated(src, out, preset, rules, quiet, target_bpw, kwargs)
         saved = out.with_name(out.name + IMATRIX_SUFFIX)
         stats.save(saved)
     about: dict[str, Any] = {
