@@ -151,23 +151,14 @@ def test_bad_imatrix_is_refused_naming_file_and_tensor(tmp_path):
 def _imatrix_for(src, tmp_path) -> tuple[Imatrix, object]:
     """Statistics from the runtime on a tiny model (it has no tokenizer, so
     token ids stand in for the text)."""
-    from lowbit.eval.calibration import site_name
-    from lowbit.runtime.config import core_tensor
+    from lowbit.eval.calibration import per_tensor
 
     out = tmp_path / "f32"
     lowbit.convert(src, out, preset="f32", progress=False)
     model = lowbit.load(out)
     model._core.collect_input_stats(True)
     model.forward(prompt_ids(n=32))
-    stats = {str(k): v for k, v in model._core.input_stats().items()}
-    mean_sq, rows = {}, {}
-    for w in model._manifest.weights:
-        place = core_tensor(w.name, model.family)
-        site = None if place is None or place.key is None else site_name(place.key.name)
-        if site in stats:
-            mean_sq[w.name] = (stats[site][0] / stats[site][1]).astype(np.float32)
-            rows[w.name] = stats[site][1]
-    return Imatrix(mean_sq, rows, 32, "ids"), out
+    return per_tensor(model, 32, "ids"), out
 
 
 def test_calibrated_conversion_records_and_falls_back(tiny_checkpoint, tmp_path):

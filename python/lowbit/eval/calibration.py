@@ -31,7 +31,7 @@ from lowbit.formats.safetensors import Checkpoint, CheckpointError, StreamingWri
 from lowbit.models.tokenizer import TOKENIZER_FILE
 from lowbit.quant.recipes import Recipe
 from lowbit.runtime.config import core_tensor
-from lowbit.runtime.model import load
+from lowbit.runtime.model import Model, load
 from lowbit.util.errors import LowbitError
 from lowbit.util.outdir import check_target
 
@@ -185,20 +185,27 @@ def calibrate(
                 model.forward(w)
         finally:
             core.collect_input_stats(False)
-        stats = {str(k): v for k, v in core.input_stats().items()}
-        names = [w.name for w in model._manifest.weights if len(w.shape) == 2]
-        family = model.family
+        imatrix = per_tensor(model, int(windows.size), label)
+    if not imatrix.mean_sq:
+        raise CalibrationError(f"{src}: calibration saw no linear layer inputs")
+    return imatrix
+
+
+def per_tensor(model: Model, tokens: int, text: str) -> Imatrix:
+    """The core's collected sums per input site, as E[x^2] per checkpoint
+    tensor of ``model`` (the tensors reading one site share its vector)."""
+    stats = {str(k): v for k, v in model._core.input_stats().items()}
     mean_sq, rows = {}, {}
-    for name in names:
-        place = core_tensor(name, family)
+    for w in model._manifest.weights:
+        if len(w.shape) != 2:
+            continue
+        place = core_tensor(w.name, model.family)
         site = None if place is None or place.key is None else site_name(place.key.name)
         if site is not None and site in stats:
             sums, r = stats[site]
-            mean_sq[name] = (sums / max(1, r)).astype(np.float32)
-            rows[name] = int(r)
-    if not mean_sq:
-        raise CalibrationError(f"{src}: calibration saw no linear layer inputs")
-    return Imatrix(mean_sq, rows, int(windows.size), label)
+            mean_sq[w.name] = (sums / max(1, r)).astype(np.float32)
+            rows[w.name] = int(r)
+    return Imatrix(mean_sq, rows, tokens, text)
 
 
 def _has_tokenizer(src: Path) -> bool:
