@@ -1,10 +1,20 @@
 """What quantization costs on every real model available offline, per preset
-and method, next to llama.cpp's Q8_0 and Q4_0 (through the gguf package), all
+and method, next to llama.cpp's Q8_0 and Q4_0 (through the gguf package) and
+llama.cpp's own K-quants and IQ4_XS, with and without its importance matrix
+(llama-quantize and llama-imatrix, built by benchmarks/llama_cpp_tools.py), all
 measured by ``lowbit validate``'s code against transformers float32 on the
 license texts. Writes benchmarks/results/quality-<model>.json.
 
     python benchmarks/bench_quality.py [--models smollm2-135m,gemma3-270m]
-                                       [--cases NAME,...] [--tokens 8192]
+                                       [--cases NAME,...] [--llama-cpp TYPE[+imatrix],...]
+                                       [--tokens 8192]
+
+llama.cpp's models go through its own pipeline: convert_hf_to_gguf.py makes a
+float32 GGUF of the same float checkpoint, llama-imatrix runs it over the same
+calibration text lowbit calibrates on (4096 tokens, windows of 512), and
+llama-quantize writes each type; the result is dequantized exactly (the gguf
+package, through lowbit's GGUF import) and validated like every other row.
+Its bits per weight are the GGUF file's own tensor sizes.
 
 Each figure comes with its standard error (batch means over 32 consecutive
 predictions), so a difference can be told from noise. The calibrated cases
@@ -29,10 +39,66 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ensure_bench_models, write_json
 
+LLAMA_CPP = (
+    "Q4_K_M",
+    "Q4_K_M+imatrix",
+    "Q4_K_S",
+    "Q4_K_S+imatrix",
+    "IQ4_XS",
+    "IQ4_XS+imatrix",
+    "Q3_K_M",
+    "Q3_K_M+imatrix",
+)
+
 GRIDS = {
     "smollm2-135m": "matrices Q4_1 (uint4 g32 + min), embedding Q8_0",
     "gemma3-270m": "matrices Q5_0 / Q4_K / Q6_K / Q8_0, embedding Q8_0",
 }
+
+
+def print_row(row: dict) -> None:
+    print(
+        f"| {row['case']} | {row['method']} | {row['linear_bits_per_weight']:.2f} | "
+        f"{row['bits_per_weight']:.2f} | {row['delta_ppl_pct']:+.2f}% "
+        f"± {row['delta_ppl_pct_se']:.2f} | {row['kld_mean']:.4f} "
+        f"± {row['kld_mean_se']:.4f} | {row['kld_p99']:.3f} | "
+        f"{row['same_top']:.1%} |",
+        flush=True,
+    )
+
+
+def llama_cpp_rows(src: Path, tmp: Path, cases: list[str], **validate_options: object):
+    """Rows of llama.cpp's own quantizations (module docstring), one per case
+    "TYPE" or "TYPE+imatrix"."""
+    if not cases:
+        return
+    import llama_cpp_tools as llama_cpp
+    from lowbit.eval.calibration import CONTEXT, DEFAULT_TOKENS, default_calibration_text
+    from lowbit.eval.quality import run_float_peer
+    from lowbit.formats.gguf import import_gguf
+
+    f32 = llama_cpp.to_gguf(src, tmp / "llama-cpp-f32.gguf")
+    imatrix = None
+    if any(c.endswith("+imatrix") for c in cases):
+        text = tmp / "calibration.txt"
+        text.write_text(default_calibration_text()[0])
+        imatrix = llama_cpp.compute_imatrix(
+            f32, text, tmp / "llama-cpp-imatrix.gguf", CONTEXT, DEFAULT_TOKENS // CONTEXT
+        )
+    for case in cases:
+        qtype, _, with_imatrix = case.partition("+")
+        where = tmp / f"llama-cpp-{qtype}"
+        where.mkdir(exist_ok=True)
+        gguf = llama_cpp.quantize(
+            f32, where / "model.gguf", qtype, imatrix if with_imatrix else None
+        )
+        bits = llama_cpp.gguf_bits(gguf)
+        import_gguf(gguf, tmp / "llama-cpp-hf")
+        gguf.unlink()
+        method = "llama.cpp imatrix" if with_imatrix else "llama.cpp"
+        yield run_float_peer(
+            f"llama.cpp {case}", method, tmp / "llama-cpp-hf", bits, src, tmp, **validate_options
+        )
 
 
 def main() -> None:
@@ -42,6 +108,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(REAL_MODELS))
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--llama-cpp", default=",".join(LLAMA_CPP), help="'' for none")
     ap.add_argument("--tokens", type=int, default=8192)
     args = ap.parse_args()
     ensure_bench_models()
@@ -52,17 +119,13 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
-            for name in args.cases.split(","):
-                row = run_case(CASES[name], src, Path(tmp), max_tokens=args.tokens)
+            for name in filter(None, args.cases.split(",")):
+                rows.append(run_case(CASES[name], src, Path(tmp), max_tokens=args.tokens))
+                print_row(rows[-1])
+            peers = [c for c in args.llama_cpp.split(",") if c]
+            for row in llama_cpp_rows(src, Path(tmp), peers, max_tokens=args.tokens):
                 rows.append(row)
-                print(
-                    f"| {row['case']} | {row['method']} | {row['linear_bits_per_weight']:.2f} | "
-                    f"{row['bits_per_weight']:.2f} | {row['delta_ppl_pct']:+.2f}% "
-                    f"± {row['delta_ppl_pct_se']:.2f} | {row['kld_mean']:.4f} "
-                    f"± {row['kld_mean_se']:.4f} | {row['kld_p99']:.3f} | "
-                    f"{row['same_top']:.1%} |",
-                    flush=True,
-                )
+                print_row(row)
         payload = {"model": str(src), "grids": GRIDS[model], "tokens": args.tokens, "rows": rows}
         print(f"wrote {write_json(f'quality-{model}.json', payload)}")
 

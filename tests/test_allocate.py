@@ -84,3 +84,40 @@ def test_target_bpw_on_the_reference_model_beats_uniform_q4_at_its_size(tmp_path
     ours = lowbit_validate(out, src).model
     base = lowbit_validate(q4, src).model
     assert ours["kld_mean"] + 2 * ours["kld_mean_se"] < base["kld_mean"]
+
+
+def test_bisection_finds_the_smallest_budget_within_the_kld():
+    from lowbit.eval.max_kld import BPW_RESOLUTION, MaxKldError, bisect_budget
+
+    def kld_at(bpw: float) -> float:  # monotone, as KLD against bits is
+        return 4.0 ** (-bpw)
+
+    k = 4.0**-4.3
+    chosen, trials = bisect_budget(3.0, 8.5, kld_at, k)
+    assert kld_at(chosen) <= k and chosen - 4.3 <= BPW_RESOLUTION
+    assert trials[0][0] == 8.5 and len(trials) <= 10
+    assert bisect_budget(3.0, 8.5, kld_at, 1.0) == (3.0, [(8.5, kld_at(8.5)), (3.0, kld_at(3.0))])
+    with pytest.raises(MaxKldError, match="--max-kld 1e-08: the largest recipe"):
+        bisect_budget(3.0, 8.5, kld_at, 1e-8)
+
+
+def test_max_kld_on_the_reference_model_meets_validate(tmp_path, lowbit_validate):
+    """--max-kld K: the model passes validate's mean-KLD check at K (the
+    search measures exactly as validate does), is smaller than int8
+    everywhere, and the manifest records the search."""
+    from lowbit.eval.quality import linear_bits_per_weight
+    from lowbit.formats.manifest import read as read_manifest
+    from lowbit.sources.default_model import default_model_path
+
+    src = default_model_path()
+    out = tmp_path / "within"
+    max_kld = 0.05
+    lowbit.convert(src, out, "q4", max_kld=max_kld, progress=False, quiet=True)
+    manifest = read_manifest(out)
+    budget = manifest.document["recipe"]["calibration"]["budget"]
+    assert budget["max_kld"] == max_kld and budget["kld_mean"] <= max_kld
+    assert len(budget["trials"]) >= 2
+    bits = linear_bits_per_weight(manifest.weights)[0]
+    assert bits <= budget["target_bpw"] + 1e-9 and bits < 8.0
+    report = lowbit_validate(out, src).model
+    assert report["kld_mean"] == pytest.approx(budget["kld_mean"], rel=1e-6)

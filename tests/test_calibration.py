@@ -223,11 +223,20 @@ def test_cli_convert_reuses_an_imatrix(tiny_checkpoint, tmp_path, capsys):
     assert not out.with_name(out.name + IMATRIX_SUFFIX).exists()  # given, not made
 
 
-def test_a_bit_budget_without_statistics_is_refused(tiny_checkpoint, tmp_path, capsys):
-    """A model without a tokenizer cannot be calibrated: --target-bpw says so
-    (exit 2) rather than spend the budget blind."""
+@pytest.mark.parametrize("flag", [["--target-bpw", "5"], ["--max-kld", "0.1"]])
+def test_a_bit_budget_without_statistics_is_refused(tiny_checkpoint, tmp_path, capsys, flag):
+    """A model without a tokenizer cannot be calibrated: --target-bpw and
+    --max-kld say so (exit 2) rather than spend the budget blind."""
     out = tmp_path / "budget"
-    rc = main(["convert", str(tiny_checkpoint("llama")), str(out), "--target-bpw", "5"])
+    rc = main(["convert", str(tiny_checkpoint("llama")), str(out), *flag])
     assert rc == 2
-    assert "--target-bpw" in capsys.readouterr().err
+    assert "--target-bpw and --max-kld" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_target_bpw_and_max_kld_are_exclusive(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "both"
+    argv = ["convert", str(tiny_checkpoint("llama")), str(out), "--target-bpw", "5"]
+    assert main([*argv, "--max-kld", "0.1"]) == 2
+    assert "not both" in capsys.readouterr().err
     assert not out.exists()

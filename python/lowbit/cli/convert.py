@@ -60,6 +60,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="choose each matrix's scheme by measured sensitivity (calibrated) so that the "
         "matrices, embedding included, average at most B bits per weight",
     )
+    cal.add_argument(
+        "--max-kld",
+        type=float,
+        metavar="K",
+        help="the smallest such recipe whose mean KL divergence against the float model, "
+        "measured as `lowbit validate` does, is at most K (needs torch and transformers)",
+    )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     common.add_output_flags(p)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +59,47 @@ def _candidates(x: np.ndarray, importance: np.ndarray | None, name: str) -> list
     return out
 
 
-def budget_rules(
-    src: str | Path, importance: Mapping[str, np.ndarray], target_bpw: float
-) -> tuple[list[str], dict[str, float]]:
-    """(``--scheme`` rules, one per matrix, and a summary) choosing every 2-D
-    weight's scheme so that the matrices average at most ``target_bpw`` bits
-    per weight (codes, scales and zero points; the embedding included)."""
+@dataclass(frozen=True)
+class Sensitivity:
+    """Every matrix's candidate schemes with their size and estimated loss:
+    measured once, then allocated for any number of budgets."""
+
+    source: str
+    candidates: dict[str, list[Candidate]]
+    params: int  # weights in the matrices the budget covers
+
+    def bpw_range(self) -> tuple[float, float]:
+        """(smallest, largest) bits per weight a recipe of these candidates has."""
+        lo = sum(min(c.bits for c in v) for v in self.candidates.values())
+        hi = sum(max(c.bits for c in v) for v in self.candidates.values())
+        return lo / self.params, hi / self.params
+
+    def rules(self, target_bpw: float) -> tuple[list[str], dict[str, float]]:
+        """(``--scheme`` rules, one per matrix, and a summary) choosing every
+        matrix's scheme so that they average at most ``target_bpw`` bits per
+        weight (codes, scales and zero points; the embedding included)."""
+        smallest = self.bpw_range()[0]
+        if target_bpw < smallest - 1e-9:
+            raise ArgumentError(
+                f"--target-bpw {target_bpw}: below the smallest recipe "
+                f"({smallest:.3f} bits per weight)"
+            )
+        picked = allocate(self.candidates, target_bpw * self.params)
+        rules = []
+        for name, c in picked.items():
+            ch = c.choice
+            rules.append(f"^{re.escape(name)}$={ch.scheme}:{ch.group_size}:{ch.method}")
+        summary = {
+            "target_bpw": target_bpw,
+            "bpw": sum(c.bits for c in picked.values()) / self.params,
+            "estimated_loss": sum(c.loss for c in picked.values()),
+        }
+        return rules, summary
+
+
+def measure_sensitivity(src: str | Path, importance: Mapping[str, np.ndarray]) -> Sensitivity:
+    """Quantize every 2-D weight of ``src`` alone at each rung of LADDER that
+    fits it and measure its estimated loss (module docstring)."""
     ck = Checkpoint(src)
     cands: dict[str, list[Candidate]] = {}
     params = 0
@@ -82,37 +118,29 @@ def budget_rules(
             params += x.size
     if not cands:
         raise ArgumentError(f"{src}: no matrices to spend a bit budget on")
-    smallest = sum(min(c.bits for c in v) for v in cands.values()) / params
-    if target_bpw < smallest:
-        raise ArgumentError(
-            f"--target-bpw {target_bpw}: below the smallest recipe ({smallest:.3f} bits per weight)"
-        )
-    picked = allocate(cands, target_bpw * params)
-    rules = []
-    for name, c in picked.items():
-        ch = c.choice
-        rules.append(f"^{re.escape(name)}$={ch.scheme}:{ch.group_size}:{ch.method}")
-    bits = sum(c.bits for c in picked.values())
-    summary = {
-        "target_bpw": target_bpw,
-        "bpw": bits / params,
-        "estimated_loss": sum(c.loss for c in picked.values()),
-    }
-    return rules, summary
+    return Sensitivity(str(src), cands, params)
 
 
-def describe_rules(rules: list[str], summary: dict[str, float]) -> str:
-    """How many matrices got each scheme, and the bits reached."""
+def budget_rules(
+    src: str | Path, importance: Mapping[str, np.ndarray], target_bpw: float
+) -> tuple[list[str], dict[str, float]]:
+    """``Sensitivity.rules`` of ``src``'s matrices for one budget."""
+    return measure_sensitivity(src, importance).rules(target_bpw)
+
+
+def describe_rules(rules: list[str], summary: dict[str, float], flag: str = "") -> str:
+    """How many matrices got each scheme, and the bits reached; ``flag``
+    names the option that chose them (default: the target bits)."""
     counts: dict[str, int] = {}
     for r in rules:
         spec = r.rpartition("=")[2]
         counts[spec] = counts.get(spec, 0) + 1
     parts = ", ".join(f"{n} x {spec}" for spec, n in sorted(counts.items()))
+    flag = flag or f"--target-bpw {summary['target_bpw']}"
     return (
-        f"lowbit convert: --target-bpw {summary['target_bpw']}: {parts}; "
-        f"{summary['bpw']:.3f} bits per weight over the matrices "
-        "(every rule is in the manifest's recipe)"
+        f"lowbit convert: {flag}: {parts}; {summary['bpw']:.3f} bits per weight over the "
+        "matrices (every rule is in the manifest's recipe)"
     )
 
 
-__all__ = ["LADDER", "budget_rules", "describe_rules"]
+__all__ = ["LADDER", "Sensitivity", "budget_rules", "describe_rules", "measure_sensitivity"]

@@ -32,7 +32,7 @@ from lowbit.models.tokenizer import TOKENIZER_FILE
 from lowbit.quant.recipes import Recipe
 from lowbit.runtime.config import core_tensor
 from lowbit.runtime.model import Model, load
-from lowbit.util.errors import LowbitError
+from lowbit.util.errors import ArgumentError, LowbitError
 from lowbit.util.outdir import check_target
 
 DEFAULT_TOKENS = 4096
@@ -222,16 +222,16 @@ def _uncalibrated(
     preset: str,
     rules: list[str] | tuple[str, ...],
     quiet: bool,
-    target_bpw: float | None,
+    budgeted: bool,
     kwargs: dict[str, Any],
 ) -> ConvertSummary:
     """No text can be run through a model without a tokenizer: the
     calibrated methods use their plain searches, said once here and in every
     tensor's manifest entry. A bit budget cannot do without the statistics."""
-    if target_bpw is not None:
+    if budgeted:
         raise NoTokenizerError(
-            f"{src}: --target-bpw measures sensitivity on calibration statistics, and this "
-            "model has no tokenizer for calibration text; give --imatrix FILE"
+            f"{src}: --target-bpw and --max-kld measure sensitivity on calibration statistics, "
+            "and this model has no tokenizer for calibration text; give --imatrix FILE"
         )
     if not quiet:
         print(
@@ -251,6 +251,7 @@ def convert_calibrated(
     calibration_tokens: int = DEFAULT_TOKENS,
     imatrix: str | Path | None = None,
     target_bpw: float | None = None,
+    max_kld: float | None = None,
     *,
     force: bool = False,
     progress: bool | None = None,
@@ -273,15 +274,23 @@ def convert_calibrated(
     that the matrices (embedding included) average at most that many bits
     per weight (``lowbit.eval.budget``); the choices become ``--scheme`` rules
     after the given ones, printed and recorded in the manifest.
+
+    ``max_kld``: the smallest such budget whose model has a mean KL
+    divergence of at most that against the float baseline, measured as
+    ``lowbit validate`` measures it (``lowbit.eval.max_kld``; needs torch
+    and transformers for the baseline).
     """
     kwargs.update(force=force, progress=progress, fmt=fmt, quiet=quiet)
     out = Path(out)
     recipe = Recipe.from_args(preset, list(rules))
-    needs_stats = recipe.calibrated or target_bpw is not None
+    if target_bpw is not None and max_kld is not None:
+        raise ArgumentError("give --target-bpw or --max-kld, not both")
+    budgeted = target_bpw is not None or max_kld is not None
+    needs_stats = recipe.calibrated or budgeted
     if imatrix is None and not needs_stats:
         return convert(src, out, preset, rules, **kwargs)
     if imatrix is None and not calibration and not _has_tokenizer(Path(src)):
-        return _uncalibrated(src, out, preset, rules, quiet, target_bpw, kwargs)
+        return _uncalibrated(src, out, preset, rules, quiet, budgeted, kwargs)
     check_target(out, force)  # before the long calibration
     if imatrix is not None:
         stats, saved = Imatrix.load(Path(imatrix)), Path(imatrix)
@@ -291,7 +300,7 @@ def convert_calibrated(
         except NoTokenizerError:
             if calibration:
                 raise  # the user's own text cannot be read by this model
-            return _uncalibrated(src, out, preset, rules, quiet, target_bpw, kwargs)
+            return _uncalibrated(src, out, preset, rules, quiet, budgeted, kwargs)
         saved = out.with_name(out.name + IMATRIX_SUFFIX)
         stats.save(saved)
     about: dict[str, Any] = {
@@ -305,6 +314,25 @@ def convert_calibrated(
         chosen, about["budget"] = budget_rules(src, stats.mean_sq, target_bpw)
         if not quiet:
             print(describe_rules(chosen, about["budget"]), file=sys.stderr)
+        rules = [*rules, *chosen]
+    elif max_kld is not None:
+        from lowbit.eval.budget import describe_rules
+        from lowbit.eval.max_kld import smallest_within
+
+        def trial(extra: list[str], where: Path) -> None:
+            trial_kwargs = {**kwargs, "force": True, "progress": False, "quiet": True}
+            convert(src, where, preset, [*rules, *extra], importance=stats.mean_sq, **trial_kwargs)
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        chosen, about["budget"] = smallest_within(
+            Path(src), stats.mean_sq, max_kld, trial, out.parent
+        )
+        if not quiet:
+            b = about["budget"]
+            flag = (
+                f"--max-kld {max_kld} (mean KLD {b['kld_mean']:.4g} on {b['predictions']} tokens)"
+            )
+            print(describe_rules(chosen, b, flag), file=sys.stderr)
         rules = [*rules, *chosen]
     return convert(src, out, preset, rules, importance=stats.mean_sq, calibration=about, **kwargs)
 

@@ -75,46 +75,75 @@ def linear_bits_per_weight(weights: Iterable[WeightInfo]) -> tuple[float, float]
 
 def run_case(case: Case, src: Path, workdir: Path, **validate_options: Any) -> dict[str, Any]:
     """Convert (or round-trip through GGUF), validate, and summarise one case."""
-    slug = "".join(ch if ch.isalnum() else "-" for ch in case.name)
+    slug = _slug(case.name)
     out = workdir / slug
     if case.gguf:
         peer = workdir / f"{slug}-hf"
         stats = gguf_roundtrip(src, peer, *case.gguf)
-        convert(peer, out, preset="f32", force=True, progress=False)
-        shutil.rmtree(peer)
         bits = (stats["bits_per_weight"], stats["linear_bits_per_weight"])
-    else:
-        # One calibration per source and work directory, reused by every case.
-        saved = workdir / f"calibration{IMATRIX_SUFFIX}"
-        convert_calibrated(
-            src,
-            out,
-            preset=case.preset,
-            rules=list(case.rules),
-            imatrix=saved if saved.is_file() else None,
-            force=True,
-            progress=False,
-        )
-        made = out.with_name(out.name + IMATRIX_SUFFIX)
-        if made.is_file():
-            made.replace(saved)
-    if not case.gguf:
-        bits = linear_bits_per_weight(read_manifest(out).weights)
-    report = validate(out, src, **validate_options)
-    m = report.model or {}
-    row = {
-        "case": case.name,
-        "method": case.method,
-        "bits_per_weight": bits[0],
-        "linear_bits_per_weight": bits[1],
-        "delta_ppl_pct": m.get("delta_ppl_pct"),
-        "delta_ppl_pct_se": m.get("delta_ppl_pct_se"),
-        "kld_mean": m.get("kld_mean"),
-        "kld_mean_se": m.get("kld_mean_se"),
-        "kld_p99": m.get("kld_p99"),
-        "same_top": m.get("same_top"),
-        "ppl": m.get("ppl"),
-        "ppl_baseline": m.get("ppl_baseline"),
-    }
+        return run_float_peer(case.name, case.method, peer, bits, src, workdir, **validate_options)
+    # One calibration per source and work directory, reused by every case.
+    saved = workdir / f"calibration{IMATRIX_SUFFIX}"
+    convert_calibrated(
+        src,
+        out,
+        preset=case.preset,
+        rules=list(case.rules),
+        imatrix=saved if saved.is_file() else None,
+        force=True,
+        progress=False,
+    )
+    made = out.with_name(out.name + IMATRIX_SUFFIX)
+    if made.is_file():
+        made.replace(saved)
+    bits = linear_bits_per_weight(read_manifest(out).weights)
+    row = _row(case.name, case.method, bits, validate(out, src, **validate_options))
     shutil.rmtree(out)
     return row
+
+
+def run_float_peer(
+    name: str,
+    method: str,
+    peer: Path,
+    bits: tuple[float, float],
+    src: Path,
+    workdir: Path,
+    **validate_options: Any,
+) -> dict[str, Any]:
+    """Validate a peer's quantized model, given dequantized as the float
+    checkpoint ``peer`` (removed afterwards) with its stored ``bits`` (over all
+    matrices, over the linear layers), through the same code as lowbit's own."""
+    out = workdir / f"{_slug(name)}-f32"
+    convert(peer, out, preset="f32", force=True, progress=False)
+    shutil.rmtree(peer)
+    row = _row(name, method, bits, validate(out, src, **validate_options))
+    shutil.rmtree(out)
+    return row
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name)
+
+
+def _row(name: str, method: str, bits: tuple[float, float], report: Any) -> dict[str, Any]:
+    m = report.model or {}
+    return {
+        "case": name,
+        "method": method,
+        "bits_per_weight": bits[0],
+        "linear_bits_per_weight": bits[1],
+        **{
+            k: m.get(k)
+            for k in (
+                "delta_ppl_pct",
+                "delta_ppl_pct_se",
+                "kld_mean",
+                "kld_mean_se",
+                "kld_p99",
+                "same_top",
+                "ppl",
+                "ppl_baseline",
+            )
+        },
+    }
