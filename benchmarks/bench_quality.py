@@ -50,6 +50,11 @@ LLAMA_CPP = (
     "Q3_K_M+imatrix",
 )
 
+# lowbit next to a llama.cpp row: at its size (--target-bpw = its bits per
+# weight over all matrices) and at its quality (--max-kld = its mean KLD,
+# measured on validate's default 1024 tokens, the ones --max-kld searches on).
+MATCHED = ("Q4_K_M+imatrix", "Q3_K_M+imatrix")
+
 GRIDS = {
     "smollm2-135m": "matrices Q4_1 (uint4 g32 + min), embedding Q8_0",
     "gemma3-270m": "matrices Q5_0 / Q4_K / Q6_K / Q8_0, embedding Q8_0",
@@ -97,7 +102,36 @@ def llama_cpp_rows(src: Path, tmp: Path, cases: list[str], **validate_options: o
         gguf.unlink()
         method = "llama.cpp imatrix" if with_imatrix else "llama.cpp"
         yield run_float_peer(
-            f"llama.cpp {case}", method, tmp / "llama-cpp-hf", bits, src, tmp, **validate_options
+            f"llama.cpp {case}",
+            method,
+            tmp / "llama-cpp-hf",
+            bits,
+            src,
+            tmp,
+            also_default_tokens=case in MATCHED,
+            **validate_options,
+        )
+
+
+def matched_rows(src: Path, tmp: Path, rows: list[dict], **validate_options: object):
+    """lowbit at each MATCHED peer's size and at its quality (on 1024 tokens)."""
+    from lowbit.eval.quality import Case, run_case
+
+    for peer in (r for r in rows if r["case"].removeprefix("llama.cpp ") in MATCHED):
+        name = peer["case"].removeprefix("llama.cpp ")
+        bpw = peer["bits_per_weight"]
+        yield run_case(
+            Case(f"--target-bpw {bpw:.2f} ({name}'s size)", "q4", method="whqq", target_bpw=bpw),
+            src,
+            tmp,
+            **validate_options,
+        )
+        kld = peer["kld_mean_default_tokens"]
+        yield run_case(
+            Case(f"--max-kld {kld:.4f} ({name}'s quality)", "q4", method="whqq", max_kld=kld),
+            src,
+            tmp,
+            **validate_options,
         )
 
 
@@ -124,6 +158,9 @@ def main() -> None:
                 print_row(rows[-1])
             peers = [c for c in args.llama_cpp.split(",") if c]
             for row in llama_cpp_rows(src, Path(tmp), peers, max_tokens=args.tokens):
+                rows.append(row)
+                print_row(row)
+            for row in matched_rows(src, Path(tmp), rows, max_tokens=args.tokens):
                 rows.append(row)
                 print_row(row)
         payload = {"model": str(src), "grids": GRIDS[model], "tokens": args.tokens, "rows": rows}

@@ -123,8 +123,18 @@ def ensure_built() -> Path:
     return bin_dir
 
 
+def _ensure_python_tools() -> None:
+    """requirements/bench-tools.txt, when missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("sentencepiece") is None:
+        req = Path(__file__).resolve().parents[1] / "requirements" / "bench-tools.txt"
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(req)], check=True)
+
+
 def to_gguf(hf_dir: Path, out: Path, outtype: str = "f32") -> Path:
     """``convert_hf_to_gguf.py``: a float GGUF of a HuggingFace checkpoint."""
+    _ensure_python_tools()
     script = source_dir() / "convert_hf_to_gguf.py"
     subprocess.run(
         [sys.executable, str(script), str(hf_dir), "--outfile", str(out), "--outtype", outtype],

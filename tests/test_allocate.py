@@ -62,28 +62,52 @@ def test_dominated_candidates_are_never_picked():
     assert allocate({"t": [a, worse, b]}, 30)["t"] is b
 
 
-def test_target_bpw_on_the_reference_model_beats_uniform_q4_at_its_size(tmp_path, lowbit_validate):
-    """At uniform q4's size over the matrices (5.34 bits per weight, the
-    embedding included), the allocated recipe stays within the budget and has
-    less mean KL divergence than q4 (measured 0.063 vs 0.113 on SmolLM2-135M,
-    whose matrices sit on a Q4_1 grid that uint4 g32 recovers: the budget goes
-    there, and the embedding's 4 bits are the cost)."""
+@pytest.fixture(scope="module")
+def reference_budget(tmp_path_factory):
+    """SmolLM2-135M converted with q4 (calibrating once) and with --target-bpw
+    at q4's size (measuring the gains once, saved with the statistics)."""
     from lowbit.eval.quality import linear_bits_per_weight
     from lowbit.formats.manifest import read as read_manifest
     from lowbit.sources.default_model import default_model_path
 
+    tmp = tmp_path_factory.mktemp("budget")
     src = default_model_path()
-    q4 = tmp_path / "q4"
+    q4 = tmp / "q4"
     lowbit.convert(src, q4, "q4", progress=False)
-    imatrix = tmp_path / ("q4" + ".imatrix.safetensors")
     uniform_bits = linear_bits_per_weight(read_manifest(q4).weights)[0]
-    out = tmp_path / "budget"
+    out = tmp / "budget"
+    imatrix = tmp / "q4.imatrix.safetensors"
     lowbit.convert(src, out, "q4", imatrix=imatrix, target_bpw=uniform_bits, progress=False)
-    bits = linear_bits_per_weight(read_manifest(out).weights)[0]
-    assert bits <= uniform_bits + 1e-9
-    ours = lowbit_validate(out, src).model
-    base = lowbit_validate(q4, src).model
+    return {
+        "src": src,
+        "q4": q4,
+        "out": out,
+        "uniform_bits": uniform_bits,
+        "imatrix": tmp / "budget.imatrix.safetensors",
+    }
+
+
+def test_target_bpw_on_the_reference_model_beats_uniform_q4_at_its_size(
+    reference_budget, lowbit_validate
+):
+    """At uniform q4's size over the matrices (5.34 bits per weight, the
+    embedding included), the allocated recipe stays within the budget and has
+    less mean KL divergence than q4 (on SmolLM2-135M, whose matrices sit on a
+    Q4_1 grid that uint4 g32 recovers, so the budget finds that grid)."""
+    from lowbit.eval.calibration import Imatrix
+    from lowbit.eval.quality import linear_bits_per_weight
+    from lowbit.formats.manifest import read as read_manifest
+
+    r = reference_budget
+    bits = linear_bits_per_weight(read_manifest(r["out"]).weights)[0]
+    assert bits <= r["uniform_bits"] + 1e-9
+    ours = lowbit_validate(r["out"], r["src"]).model
+    base = lowbit_validate(r["q4"], r["src"]).model
     assert ours["kld_mean"] + 2 * ours["kld_mean_se"] < base["kld_mean"]
+    # The gains were measured once and saved with the statistics.
+    gains = Imatrix.load(r["imatrix"]).gains
+    assert len(gains) == 211
+    assert all(g > 0 for g in gains.values())
 
 
 def test_bisection_finds_the_smallest_budget_within_the_kld():
@@ -94,30 +118,34 @@ def test_bisection_finds_the_smallest_budget_within_the_kld():
 
     k = 4.0**-4.3
     chosen, trials = bisect_budget(3.0, 8.5, kld_at, k)
-    assert kld_at(chosen) <= k and chosen - 4.3 <= BPW_RESOLUTION
-    assert trials[0][0] == 8.5 and len(trials) <= 10
+    assert kld_at(chosen) <= k
+    assert chosen - 4.3 <= BPW_RESOLUTION
+    assert trials[0][0] == 8.5
+    assert len(trials) <= 10
     assert bisect_budget(3.0, 8.5, kld_at, 1.0) == (3.0, [(8.5, kld_at(8.5)), (3.0, kld_at(3.0))])
     with pytest.raises(MaxKldError, match="--max-kld 1e-08: the largest recipe"):
         bisect_budget(3.0, 8.5, kld_at, 1e-8)
 
 
-def test_max_kld_on_the_reference_model_meets_validate(tmp_path, lowbit_validate):
+def test_max_kld_on_the_reference_model_meets_validate(reference_budget, tmp_path, lowbit_validate):
     """--max-kld K: the model passes validate's mean-KLD check at K (the
     search measures exactly as validate does), is smaller than int8
     everywhere, and the manifest records the search."""
     from lowbit.eval.quality import linear_bits_per_weight
     from lowbit.formats.manifest import read as read_manifest
-    from lowbit.sources.default_model import default_model_path
 
-    src = default_model_path()
+    src = reference_budget["src"]
     out = tmp_path / "within"
     max_kld = 0.05
-    lowbit.convert(src, out, "q4", max_kld=max_kld, progress=False, quiet=True)
+    imatrix = reference_budget["imatrix"]  # with the gains: not measured again
+    lowbit.convert(src, out, "q4", imatrix=imatrix, max_kld=max_kld, progress=False, quiet=True)
     manifest = read_manifest(out)
     budget = manifest.document["recipe"]["calibration"]["budget"]
-    assert budget["max_kld"] == max_kld and budget["kld_mean"] <= max_kld
+    assert budget["max_kld"] == max_kld
+    assert budget["kld_mean"] <= max_kld
     assert len(budget["trials"]) >= 2
     bits = linear_bits_per_weight(manifest.weights)[0]
-    assert bits <= budget["target_bpw"] + 1e-9 and bits < 8.0
+    assert bits <= budget["target_bpw"] + 1e-9
+    assert bits < 8.0
     report = lowbit_validate(out, src).model
     assert report["kld_mean"] == pytest.approx(budget["kld_mean"], rel=1e-6)

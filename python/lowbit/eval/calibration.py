@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,9 @@ class Imatrix:
     rows: dict[str, int]
     tokens: int
     text: str
+    # Per matrix, once a bit budget measured them (lowbit.eval.gains): saved
+    # with the statistics, so another budget on the same model skips that.
+    gains: dict[str, float] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         """Written atomically (``PATH.partial``, then renamed)."""
@@ -110,6 +113,7 @@ class Imatrix:
                 TensorSpec(f"{s}.mean_sq", np.dtype(np.float32), self.mean_sq[s].shape),
                 TensorSpec(f"{s}.rows", np.dtype(np.int64), (1,)),
             ]
+        specs += [TensorSpec(f"{n}.gain", np.dtype(np.float32), (1,)) for n in sorted(self.gains)]
         meta = {"tokens": str(self.tokens), "text": self.text, "what": "lowbit imatrix"}
         tmp = path.with_name(path.name + ".partial")
         try:
@@ -117,6 +121,8 @@ class Imatrix:
                 for s in sites:
                     w.write(f"{s}.mean_sq", self.mean_sq[s])
                     w.write(f"{s}.rows", np.array([self.rows[s]], np.int64))
+                for n in sorted(self.gains):
+                    w.write(f"{n}.gain", np.array([self.gains[n]], np.float32))
             tmp.replace(path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -128,7 +134,7 @@ class Imatrix:
         raises CalibrationError naming it and the tensor."""
         try:
             ck = Checkpoint(path)
-            mean_sq, rows = {}, {}
+            mean_sq, rows, gains = {}, {}, {}
             for name in ck.names():
                 site, _, what = name.rpartition(".")
                 if what == "mean_sq":
@@ -143,13 +149,24 @@ class Imatrix:
                     if r.dtype != np.int64 or r.shape != (1,) or r[0] < 1:
                         raise CalibrationError(f"{path}: {name}: expected int64 [1], at least 1")
                     rows[site] = int(r[0])
+                elif what == "gain":
+                    g = ck.get(name)
+                    if (
+                        g.dtype != np.float32
+                        or g.shape != (1,)
+                        or not (np.isfinite(g[0]) and g[0] >= 0)
+                    ):
+                        raise CalibrationError(
+                            f"{path}: {name}: expected float32 [1], finite, >= 0"
+                        )
+                    gains[site] = float(g[0])
                 else:
                     raise CalibrationError(f"{path}: {name}: not an imatrix tensor")
         except CheckpointError as e:
             raise CalibrationError(str(e)) from None
         if not mean_sq or set(mean_sq) != set(rows):
             raise CalibrationError(f"{path}: not a lowbit imatrix (mean_sq and rows per site)")
-        return cls(mean_sq, rows, max(rows.values()), str(path))
+        return cls(mean_sq, rows, max(rows.values()), str(path), gains)
 
 
 def calibration_ids(
@@ -308,15 +325,39 @@ def convert_calibrated(
         "tokens": stats.tokens,
         "text": stats.text,
     }
-    if target_bpw is not None:
-        from lowbit.eval.budget import budget_rules, describe_rules
-
-        chosen, about["budget"] = budget_rules(src, stats.mean_sq, target_bpw)
-        if not quiet:
-            print(describe_rules(chosen, about["budget"]), file=sys.stderr)
+    if budgeted:
+        budget = (target_bpw, max_kld)
+        chosen = _budget(src, out, preset, rules, stats, about, calibration, *budget, kwargs)
         rules = [*rules, *chosen]
-    elif max_kld is not None:
-        from lowbit.eval.budget import describe_rules
+    return convert(src, out, preset, rules, importance=stats.mean_sq, calibration=about, **kwargs)
+
+
+def _budget(
+    src: str | Path,
+    out: Path,
+    preset: str,
+    rules: list[str] | tuple[str, ...],
+    stats: Imatrix,
+    about: dict[str, Any],
+    calibration: list[Path] | None,
+    target_bpw: float | None,
+    max_kld: float | None,
+    kwargs: dict[str, Any],
+) -> list[str]:
+    """The rules that ``target_bpw`` or ``max_kld`` choose (convert_calibrated's
+    arguments); records the budget in ``about``. Gains measured here are saved
+    with the statistics beside OUT, for the next budget to reuse."""
+    from lowbit.eval.budget import describe_rules, measure_sensitivity
+
+    sens = measure_sensitivity(src, stats.mean_sq, calibration, gains=stats.gains or None)
+    if not stats.gains:
+        saved = out.with_name(out.name + IMATRIX_SUFFIX)
+        replace(stats, gains=sens.gains).save(saved)
+        about["imatrix"] = str(saved.resolve())
+    if target_bpw is not None:
+        chosen, about["budget"] = sens.rules(target_bpw)
+        flag = ""
+    else:
         from lowbit.eval.max_kld import smallest_within
 
         def trial(extra: list[str], where: Path) -> None:
@@ -324,17 +365,12 @@ def convert_calibrated(
             convert(src, where, preset, [*rules, *extra], importance=stats.mean_sq, **trial_kwargs)
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        chosen, about["budget"] = smallest_within(
-            Path(src), stats.mean_sq, max_kld, trial, out.parent
-        )
-        if not quiet:
-            b = about["budget"]
-            flag = (
-                f"--max-kld {max_kld} (mean KLD {b['kld_mean']:.4g} on {b['predictions']} tokens)"
-            )
-            print(describe_rules(chosen, b, flag), file=sys.stderr)
-        rules = [*rules, *chosen]
-    return convert(src, out, preset, rules, importance=stats.mean_sq, calibration=about, **kwargs)
+        chosen, about["budget"] = smallest_within(sens, Path(src), max_kld, trial, out.parent)
+        b = about["budget"]
+        flag = f"--max-kld {max_kld} (mean KLD {b['kld_mean']:.4g} on {b['predictions']} tokens)"
+    if not kwargs.get("quiet"):
+        print(describe_rules(chosen, about["budget"], flag), file=sys.stderr)
+    return chosen
 
 
 __all__ = ["DEFAULT_TOKENS", "CalibrationError", "Imatrix", "calibrate", "convert_calibrated"]

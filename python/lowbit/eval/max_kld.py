@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from lowbit.eval.budget import Sensitivity, measure_sensitivity
+from lowbit.eval.budget import Sensitivity
 from lowbit.eval.text import DEFAULT_CONTEXT, DEFAULT_TOKENS
 from lowbit.util.errors import LowbitError
 
@@ -66,21 +64,21 @@ def bisect_budget(
 
 
 def smallest_within(
+    sens: Sensitivity,
     src: Path,
-    importance: Mapping[str, np.ndarray],
     max_kld: float,
     trial_convert: Callable[[list[str], Path], None],
     work: Path,
     tokens: int = DEFAULT_TOKENS,
     context: int = DEFAULT_CONTEXT,
 ) -> tuple[list[str], dict[str, Any]]:
-    """(rules, summary) of the smallest budget whose model has mean KLD at
-    most ``max_kld``. ``trial_convert(rules, out)`` writes a trial model;
-    trials go to a temporary directory under ``work`` and are removed."""
+    """(rules, summary) of the smallest budget of ``sens`` (the sensitivities
+    of ``src``'s matrices) whose model has mean KLD at most ``max_kld``.
+    ``trial_convert(rules, out)`` writes a trial model; trials go to a
+    temporary directory under ``work`` and are removed."""
     from lowbit.eval.validate import baseline_logits, evaluation_windows, model_metrics
     from lowbit.sources.default_model import cache_dir
 
-    sens: Sensitivity = measure_sensitivity(src, importance)
     windows = evaluation_windows(src, src, None, context, tokens)
     base = baseline_logits(src, windows, cache_dir() / "baselines")
     measured: dict[tuple[str, ...], float] = {}  # budgets that give one recipe: measured once

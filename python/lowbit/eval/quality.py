@@ -28,6 +28,8 @@ class Case:
     rules: tuple[str, ...] = ()
     method: str = "rtn"
     gguf: tuple[str, str] | None = None  # (linear type, embedding type)
+    target_bpw: float | None = None  # lowbit convert --target-bpw
+    max_kld: float | None = None  # lowbit convert --max-kld
 
 
 def _with(scheme: str, method: str) -> tuple[str, ...]:
@@ -90,8 +92,11 @@ def run_case(case: Case, src: Path, workdir: Path, **validate_options: Any) -> d
         preset=case.preset,
         rules=list(case.rules),
         imatrix=saved if saved.is_file() else None,
+        target_bpw=case.target_bpw,
+        max_kld=case.max_kld,
         force=True,
         progress=False,
+        quiet=True,
     )
     made = out.with_name(out.name + IMATRIX_SUFFIX)
     if made.is_file():
@@ -109,15 +114,20 @@ def run_float_peer(
     bits: tuple[float, float],
     src: Path,
     workdir: Path,
+    also_default_tokens: bool = False,
     **validate_options: Any,
 ) -> dict[str, Any]:
     """Validate a peer's quantized model, given dequantized as the float
     checkpoint ``peer`` (removed afterwards) with its stored ``bits`` (over all
-    matrices, over the linear layers), through the same code as lowbit's own."""
+    matrices, over the linear layers), through the same code as lowbit's own.
+    ``also_default_tokens``: add its mean KLD on validate's default tokens, the
+    ones ``--max-kld`` is measured on."""
     out = workdir / f"{_slug(name)}-f32"
     convert(peer, out, preset="f32", force=True, progress=False)
     shutil.rmtree(peer)
     row = _row(name, method, bits, validate(out, src, **validate_options))
+    if also_default_tokens:
+        row["kld_mean_default_tokens"] = (validate(out, src).model or {}).get("kld_mean")
     shutil.rmtree(out)
     return row
 
