@@ -3,6 +3,7 @@ imatrix file, the calibrated conversion, and the calibration text."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -130,9 +131,22 @@ def test_imatrix_roundtrip(tmp_path):
     im.save(path)
     back = Imatrix.load(path)
     assert back.rows == im.rows
+    assert back.gains == {}
     for n, v in im.mean_sq.items():
         np.testing.assert_array_equal(back.mean_sq[n], v)
     assert not path.with_name(path.name + ".partial").exists()
+    # A budget's measured gains (one per matrix, the embedding too) ride along.
+    gains = {"model.embed_tokens.weight": 8.5, "model.layers.0.mlp.down_proj.weight": 0.25}
+    dataclasses.replace(im, gains=gains).save(path)
+    assert Imatrix.load(path).gains == gains
+
+
+@pytest.mark.parametrize("gain", [-1.0, float("nan"), float("inf")])
+def test_bad_gain_is_refused_naming_file_and_tensor(tmp_path, gain):
+    path = tmp_path / "bad.imatrix.safetensors"
+    dataclasses.replace(_imatrix(), gains={"model.embed_tokens.weight": gain}).save(path)
+    with pytest.raises(CalibrationError, match=r"bad\.imatrix.*embed_tokens\.weight\.gain"):
+        Imatrix.load(path)
 
 
 def test_bad_imatrix_is_refused_naming_file_and_tensor(tmp_path):

@@ -160,7 +160,8 @@ def describe_rules(rules: list[str], summary: dict[str, float], flag: str = "") 
     flag = flag or f"--target-bpw {summary['target_bpw']}"
     return (
         f"lowbit convert: {flag}: {parts}; {summary['bpw']:.3f} bits per weight over the "
-        "matrices (every rule is in the manifest's recipe)"
+        f"matrices, estimated mean KLD {summary['estimated_loss']:.3g} "
+        "(every rule is in the manifest's recipe)"
     )
 
 

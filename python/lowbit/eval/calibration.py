@@ -302,6 +302,8 @@ def convert_calibrated(
     recipe = Recipe.from_args(preset, list(rules))
     if target_bpw is not None and max_kld is not None:
         raise ArgumentError("give --target-bpw or --max-kld, not both")
+    if target_bpw is None and max_kld is None:
+        target_bpw = recipe.preset.target_bpw  # a budget preset
     budgeted = target_bpw is not None or max_kld is not None
     needs_stats = recipe.calibrated or budgeted
     if imatrix is None and not needs_stats:

@@ -46,6 +46,7 @@ CASES: dict[str, Case] = {
         Case("q4 (uint4 g64 whqq)", "q4", method="whqq"),
         Case("q4-nocal (uint4 g64 hqq)", "q4-nocal", method="hqq"),
         Case("q4-int4 (int4 g32)", "q4-int4"),
+        Case("q5 (budget 5.5 bpw)", "q5", method="whqq"),
         Case("int4 g32 mse", "q4", _with("int4:32", "mse"), "mse"),
         Case("int4 g32 wmse", "q4", _with("int4:32", "wmse"), "wmse"),
         Case("uint4 g64 rtn", "q4", _with("uint4:64", "rtn")),

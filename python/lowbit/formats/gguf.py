@@ -141,7 +141,11 @@ def _span(blocks: set[int]) -> str:
 
 
 def import_gguf(
-    gguf: Path, out: Path, name: str | None = None, architecture: str | None = None
+    gguf: Path,
+    out: Path,
+    name: str | None = None,
+    architecture: str | None = None,
+    tokenizer: bool = True,
 ) -> dict[str, Any]:
     """Import a GGUF model into a float32 HuggingFace checkpoint directory ``out``.
 
@@ -150,6 +154,8 @@ def import_gguf(
     because transformers refuses to save a model it loaded from GGUF. Written
     to ``out.partial`` and renamed when complete. Returns the import record,
     which says what precision each tensor had in the GGUF file.
+    ``tokenizer=False``: weights and config only (a peer's GGUF of a model
+    whose tokenizer is already at hand).
     """
     import numpy as np
     from safetensors.numpy import save_file
@@ -184,11 +190,10 @@ def import_gguf(
         config["architectures"] = [architecture or type(model).__name__]
         config["_name_or_path"] = name or gguf.stem
         (partial / "config.json").write_text(json.dumps(config, indent=2))
-        if "tokenizer.ggml.model" in reader.fields:  # models may come without a tokenizer
-            tokenizer = AutoTokenizer.from_pretrained(
+        if tokenizer and "tokenizer.ggml.model" in reader.fields:  # may come without one
+            AutoTokenizer.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, trust_remote_code=False
-            )
-            tokenizer.save_pretrained(partial)
+            ).save_pretrained(partial)
         model.generation_config.save_pretrained(partial)
         record = {
             "source": str(gguf),

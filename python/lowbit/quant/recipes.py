@@ -50,6 +50,10 @@ class Preset:
     default: Choice
     by_role: dict[str, Choice] = field(default_factory=dict)
     fallback: Choice = Choice("int8")
+    # A bit budget (lowbit convert --target-bpw): each matrix's scheme chosen
+    # by measured sensitivity; ``default`` and ``by_role`` are then only what
+    # a conversion without calibration statistics falls back to.
+    target_bpw: float | None = None
 
 
 def _roles(roles: tuple[str, ...], choice: Choice) -> dict[str, Choice]:
@@ -99,6 +103,17 @@ PRESETS: dict[str, Preset] = {
             "int8 group 32 embeddings and lm_head",
             _INT4,
             {**_roles(EMBEDDINGS, _INT8_G32), **_roles(ROUTERS, _F32)},
+        ),
+        # A bit budget of 5.5 bits per weight over all matrices, the embedding
+        # included (llama.cpp's Q4_K_S file is 5.96 on SmolLM2-135M, Q4_K_M
+        # 6.16), spent by measured sensitivity (lowbit.eval.budget).
+        Preset(
+            "q5",
+            "each matrix's scheme by measured sensitivity (uint2 g32 / uint4 g64 / uint4 g32 "
+            "whqq / int8 g32), 5.5 bits per weight over all matrices; calibrated",
+            Choice("uint4", 32, "whqq"),
+            {**_roles(EMBEDDINGS, _INT8_G32), **_roles(ROUTERS, _F32)},
+            target_bpw=5.5,
         ),
         Preset(
             "moe-q4",
