@@ -52,3 +52,30 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def reference_budget(tmp_path_factory):
+    """SmolLM2-135M converted with q4 (calibrating once) and with --target-bpw
+    at q4's size (measuring the gains once, saved with the statistics in
+    ``imatrix``, which the other budget tests reuse: measuring takes ~2.5 min)."""
+    import lowbit
+    from lowbit.eval.quality import linear_bits_per_weight
+    from lowbit.formats.manifest import read as read_manifest
+    from lowbit.sources.default_model import default_model_path
+
+    tmp = tmp_path_factory.mktemp("budget")
+    src = default_model_path()
+    q4 = tmp / "q4"
+    lowbit.convert(src, q4, "q4", progress=False)
+    uniform_bits = linear_bits_per_weight(read_manifest(q4).weights)[0]
+    out = tmp / "budget"
+    imatrix = tmp / "q4.imatrix.safetensors"
+    lowbit.convert(src, out, "q4", imatrix=imatrix, target_bpw=uniform_bits, progress=False)
+    return {
+        "src": src,
+        "q4": q4,
+        "out": out,
+        "uniform_bits": uniform_bits,
+        "imatrix": tmp / "budget.imatrix.safetensors",
+    }

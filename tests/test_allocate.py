@@ -62,31 +62,6 @@ def test_dominated_candidates_are_never_picked():
     assert allocate({"t": [a, worse, b]}, 30)["t"] is b
 
 
-@pytest.fixture(scope="module")
-def reference_budget(tmp_path_factory):
-    """SmolLM2-135M converted with q4 (calibrating once) and with --target-bpw
-    at q4's size (measuring the gains once, saved with the statistics)."""
-    from lowbit.eval.quality import linear_bits_per_weight
-    from lowbit.formats.manifest import read as read_manifest
-    from lowbit.sources.default_model import default_model_path
-
-    tmp = tmp_path_factory.mktemp("budget")
-    src = default_model_path()
-    q4 = tmp / "q4"
-    lowbit.convert(src, q4, "q4", progress=False)
-    uniform_bits = linear_bits_per_weight(read_manifest(q4).weights)[0]
-    out = tmp / "budget"
-    imatrix = tmp / "q4.imatrix.safetensors"
-    lowbit.convert(src, out, "q4", imatrix=imatrix, target_bpw=uniform_bits, progress=False)
-    return {
-        "src": src,
-        "q4": q4,
-        "out": out,
-        "uniform_bits": uniform_bits,
-        "imatrix": tmp / "budget.imatrix.safetensors",
-    }
-
-
 def test_target_bpw_on_the_reference_model_beats_uniform_q4_at_its_size(
     reference_budget, lowbit_validate
 ):

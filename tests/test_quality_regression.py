@@ -32,6 +32,17 @@ def test_preset_stays_within_its_record(preset, reference, lowbit_validate, tmp_
     assert_within_tolerance(report, RECORD)
 
 
+def test_budget_preset_stays_within_its_record(reference_budget, lowbit_validate, tmp_path):
+    """q5 (a 5.5 bits-per-weight budget), with the statistics and gains the
+    budget fixture measured once."""
+    out = tmp_path / "q5"
+    imatrix = reference_budget["imatrix"]
+    lowbit.convert(reference_budget["src"], out, preset="q5", imatrix=imatrix, progress=False)
+    report = lowbit_validate(out, reference_budget["src"])
+    assert report.preset == "q5"
+    assert_within_tolerance(report, RECORD)
+
+
 def test_a_worse_int4_quantizer_breaks_the_q4_record(reference, lowbit_validate, tmp_path,
                                                      monkeypatch):  # fmt: skip
     """int4 back to absmax / 7 (15 of its 16 levels): the record catches it."""
