@@ -73,8 +73,8 @@ def test_unknown_scheme_and_method():
     x = np.ones((2, 32), np.float32)
     with pytest.raises(ValueError, match="unknown scheme 'int3'; known schemes: int8, int4"):
         lowbit.quantize(x, "int3")
-    with pytest.raises(ValueError, match="unknown method 'gptq'"):
-        lowbit.quantize(x, "int4", method="gptq")
+    with pytest.raises(ValueError, match="unknown method 'awq'"):
+        lowbit.quantize(x, "int4", method="awq")
     with pytest.raises(ValueError, match="method 'hqq' does not apply to int4; it takes rtn, mse"):
         lowbit.quantize(x, "int4", method="hqq")
 

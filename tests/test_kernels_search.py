@@ -7,7 +7,7 @@ import lowbit
 import numpy as np
 import pytest
 from lowbit.quant import reference
-from lowbit.quant.schemes import CALIBRATED_METHODS, SCHEMES
+from lowbit.quant.schemes import CALIBRATED_METHODS, SCHEMES, STATISTICS_METHODS
 from lowbit.quant.synthetic import heavy_tailed_matrix
 
 CASES = [
@@ -23,7 +23,7 @@ CASES = [
         ("ternary", None),
     ]
     for method in SCHEMES[scheme].methods
-    if method != "rtn" and method not in CALIBRATED_METHODS
+    if method != "rtn" and method not in STATISTICS_METHODS
 ]
 WEIGHTED = [
     (scheme, gs, method)

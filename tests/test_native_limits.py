@@ -305,6 +305,77 @@ def all_cases() -> list[tuple[str, str, str | None]]:
         ]
     )
     add(size_cases("Model.rewind.position", "model().rewind({v})", "position", ok=(0,)))
+    # Layer by layer (GPTQ's calibration): hidden states [n, 16] of the one-layer model.
+    layers = "m = model(); x = m.embed(np.arange(4, dtype=np.int32)); m.forward_layers(x, {v})"
+    add(size_cases("forward_layers.first", layers.format(v="{v}, 1"), "layer", ok=(0,)))
+    # last = 0: an empty range of layers, which runs none.
+    add(size_cases("forward_layers.last", layers.format(v="0, {v}"), "layer", ok=(0,)))
+    add(
+        [
+            ("embed id past vocab", "model().embed(np.array([40]))", "token id"),
+            ("embed no ids", "model().embed(np.zeros(0, np.int32))", None),
+            (
+                "forward_layers float64",
+                layers.format(v="0, 1")
+                .replace("x, 0", "x * 1.0, 0")
+                .replace("m.forward_layers(x", "m.forward_layers(x.astype(np.float64)"),
+                "float32",
+            ),
+            (
+                "forward_layers read-only",
+                layers.format(v="0, 1").replace(
+                    "m.forward_layers", "x.flags.writeable = False; m.forward_layers"
+                ),
+                "writeable",
+            ),
+            (
+                "forward_layers wrong width",
+                layers.format(v="0, 1").replace(
+                    "forward_layers(x", "forward_layers(x[:, :8].copy()"
+                ),
+                r"\(n, 16\)",
+            ),
+            ("forward_layers not an array", "model().forward_layers([1.0], 0, 1)", "hidden"),
+            (
+                "forward_layers past context",
+                "m = model(4); m.forward_layers(np.zeros((5, 16), np.float32), 0, 1)",
+                "context",
+            ),
+            (
+                "input_gram collected",
+                "m = model(); m.collect_input_stats(True, True)\n"
+                "m.forward(np.arange(4, dtype=np.int32))\n"
+                "assert all(g.shape[0] == g.shape[1] for g, _ in m.input_gram().values())",
+                None,
+            ),
+        ]
+    )
+    # GPTQ: u must be the [cols, cols] factor with a positive, finite diagonal.
+    gptq = "u = np.eye(64, dtype=np.float32); {prep}; _core.gptq({x}, u, p4(), 'w')"
+    add(
+        [
+            ("gptq valid", gptq.format(prep="pass", x="X"), None),
+            (
+                "gptq u wrong shape",
+                gptq.format(prep="u = u[:32, :32].copy()", x="X"),
+                "gptq factor",
+            ),
+            ("gptq u zero diagonal", gptq.format(prep="u[3, 3] = 0", x="X"), "diagonal entry 3"),
+            ("gptq u nan", gptq.format(prep="u[2, 9] = np.nan", x="X"), "NaN"),
+            ("gptq float64 x", gptq.format(prep="pass", x="X.astype(np.float64)"), "w"),
+            ("gptq 1-D x", gptq.format(prep="pass", x="X[0]"), "2-D"),
+            (
+                "gptq inf x",
+                gptq.format(prep="Y = X.copy(); Y[1, 5] = np.inf", x="Y"),
+                "row 1, column 5",
+            ),
+            (
+                "gptq importance wrong length",
+                "_core.gptq(X, np.eye(64, dtype=np.float32), p4(), 'w', np.ones(3, np.float32))",
+                "importance",
+            ),
+        ]
+    )
     int32 = (0, 2**31 - 1)
     add(size_cases("WeightKey.layer", "_core.WeightKey(_core.Tensor.Q, {v})", r"\blayer\b", int32))
     expert = "_core.WeightKey(_core.Tensor.EXPERT_UP, 0, {v})"
@@ -535,6 +606,7 @@ NO_SIZE_ARGUMENTS = {
     "name",
     "collect_input_stats",  # a bool: on or off
     "input_stats",  # no arguments
+    "input_gram",  # no arguments
 }
 
 

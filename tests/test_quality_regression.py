@@ -58,7 +58,7 @@ def test_a_worse_int4_quantizer_breaks_the_q4_record(reference, lowbit_validate,
 
 def test_q4_without_calibration_breaks_the_q4_record(reference, lowbit_validate, tmp_path):
     """q4 converted without its calibration statistics (the plain convert:
-    whqq falls back to hqq on every tensor) is caught by q4's record."""
+    gptq falls back to hqq on every tensor) is caught by q4's record."""
     from lowbit.conversion.convert import convert
 
     out = tmp_path / "q4-uncalibrated"

@@ -50,7 +50,7 @@ def test_families_from_config():
 def test_q4_preset():
     r = Recipe.from_args("q4")
     q = r.plan("model.layers.0.self_attn.q_proj.weight", (64, 64)).choice
-    assert q == Choice("uint4", 64, "whqq")
+    assert q == Choice("uint4", 64, "gptq")
     assert r.calibrated
     assert not Recipe.from_args("q4-nocal").calibrated
     nocal = Recipe.from_args("q4-nocal").plan("model.layers.0.self_attn.q_proj.weight", (64, 64))
@@ -73,15 +73,15 @@ def test_fallback_is_recorded():
     plan = Recipe.from_args("q4").plan("model.layers.1.mlp.down_proj.weight", (64, 100))
     assert plan.choice == Choice("int8")
     assert plan.fallback == (
-        "uint4 group 64 whqq does not fit rows of 100 (64 rows); using int8 per row"
+        "uint4 group 64 gptq does not fit rows of 100 (64 rows); using int8 per row"
     )
 
 
 def test_a_smaller_group_of_the_same_scheme_comes_before_the_fallback():
     plan = Recipe.from_args("q4").plan("model.layers.1.mlp.down_proj.weight", (64, 96))
-    assert plan.choice == Choice("uint4", 32, "whqq")
+    assert plan.choice == Choice("uint4", 32, "gptq")
     assert plan.fallback == (
-        "uint4 group 64 whqq does not fit rows of 96 (64 rows); using uint4 group 32 whqq"
+        "uint4 group 64 gptq does not fit rows of 96 (64 rows); using uint4 group 32 gptq"
     )
 
 

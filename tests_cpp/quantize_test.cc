@@ -512,6 +512,63 @@ TEST_P(QuantizeTest, ReportsAGroupScaleBeyondFloat16) {
 // minimises, so on the other half the weighted mse result is never worse
 // than the unweighted one (both pick from the same clip ratios) and the
 // weighted hqq result never worse than rtn (where both iterations start).
+// GPTQ with U = I spreads no error (every U[c][j > c] is 0) and divides by
+// 1: it is rtn on each group, so its bytes are the scalar quantize's.
+TEST_P(QuantizeTest, GptqWithoutErrorFeedbackIsRtn) {
+  ForEachQuantizedCase(
+      Method::kRtn, 300, [](const Case& c) { return c.dtype == DType::kF32; },
+      [](const Case& c, const QuantParams& p, const Input& in,
+         const Quantized& rtn) {
+        std::vector<float> u(c.cols * c.cols, 0.0f);
+        for (size_t i = 0; i < c.cols; ++i) u[i * c.cols + i] = 1.0f;
+        std::vector<float> w = in.values;
+        Quantized got = Allocate(kRows, c.cols, p);
+        ErrorSink errors;
+        GptqMatrix(w.data(), u.data(), kRows, c.cols, p, got.codes.data(),
+                   got.scales_data(), got.zeros_data(), &errors);
+        EXPECT_EQ(errors.kind(), ErrorKind::kNone);
+        EXPECT_EQ(got.codes, rtn.codes);
+        EXPECT_EQ(ParamValues(got, false), ParamValues(rtn, false));
+        EXPECT_EQ(ParamValues(got, true), ParamValues(rtn, true));
+      });
+}
+
+// With feedback: the first column of each row is rounded as it is; its
+// error e = x - x^ (U[0][0] = 1) is taken off the second column times
+// U[0][1] before that column is rounded. One group per row, int8 per row.
+TEST_P(QuantizeTest, GptqSpreadsAColumnsErrorToTheNext) {
+  const size_t cols = 32;
+  const Scheme& s = Schemes().front();  // int8, absmax / 127
+  ASSERT_EQ(std::string(s.name), "int8");
+  const QuantParams p = ParamsOf(s, 0, Method::kRtn);
+  std::vector<float> x(kRows * cols);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = 0.37f * std::sin(0.7f * i + 1);
+  std::vector<float> u(cols * cols, 0.0f);
+  for (size_t i = 0; i < cols; ++i) u[i * cols + i] = 1.0f;
+  u[1] = 0.5f;  // U[0][1]
+  std::vector<float> w = x;
+  Quantized got = Allocate(kRows, cols, p);
+  ErrorSink errors;
+  GptqMatrix(w.data(), u.data(), kRows, cols, p, got.codes.data(),
+             got.scales_data(), got.zeros_data(), &errors);
+  ASSERT_EQ(errors.kind(), ErrorKind::kNone);
+  for (size_t r = 0; r < kRows; ++r) {
+    const float* row = x.data() + r * cols;
+    const GroupParams g = RtnRef(p, row, cols, 1.0f);
+    auto round = [&](float v) {
+      return std::nearbyint(std::fmin(std::fmax(v * g.inv, -127.0f), 127.0f));
+    };
+    const float first = round(row[0]) * g.scale;
+    const float second_in = row[1] - 0.5f * (row[0] - first);  // 0.5: exact
+    const float second = round(second_in) * g.scale;
+    EXPECT_EQ(w[r * cols], first);
+    EXPECT_EQ(w[r * cols + 1], second);
+    // The reconstruction is what the stored codes decode to.
+    const int8_t* codes = reinterpret_cast<const int8_t*>(got.codes.data());
+    EXPECT_EQ(codes[r * cols + 1] * got.scale(r, 0), second);
+  }
+}
+
 TEST_P(QuantizeTest, WeightedSearchesWeighTheirColumns) {
   const size_t rows = 24, cols = 128, g = 32;
   Input in = MakeInput(rows, cols, DType::kF32, 9);

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <stdexcept>
@@ -159,39 +160,41 @@ std::optional<py::array_t<float, py::array::c_style>> ImportanceArg(
   return w;
 }
 
-py::tuple Quantize(const py::array& x, DType dtype, const QuantParams& p,
-                   const std::string& name, const py::object& importance_arg) {
-  CheckDType(dtype, name);
-  CheckMatrix(x, name, ItemSize(dtype));
-  const size_t rows = x.shape(0);
-  const size_t cols = x.shape(1);
-  CheckParams(p, cols, name);
-  const auto importance = ImportanceArg(importance_arg, cols, name);
-  const size_t groups = GroupsPerRow(cols, p.group_size);
-  const size_t row_bytes = RowBytes(cols, p.bits);
-  const bool is_signed = p.bits == 8 && !p.asymmetric();
-  py::array codes = is_signed
-                        ? py::array(py::dtype::of<int8_t>(), {rows, row_bytes})
-                        : py::array(py::dtype::of<uint8_t>(), {rows, row_bytes});
-  // Group parameters are stored as float16, per-row ones as float32.
-  const py::dtype param_type =
-      p.f16_params ? py::dtype("float16") : py::dtype::of<float>();
-  py::array scales(param_type, {rows, groups});
+// The arrays a quantized matrix is stored as, allocated for rows x cols.
+struct QuantizedArrays {
+  py::array codes;
+  py::array scales;
   std::optional<py::array> zeros;
-  if (p.asymmetric()) zeros.emplace(param_type, std::vector<size_t>{rows, groups});
-  ErrorSink errors;
-  {
-    const void* src = x.data();
-    uint8_t* dst = static_cast<uint8_t*>(codes.mutable_data());
-    void* sc = scales.mutable_data();
-    void* zp = zeros ? zeros->mutable_data() : nullptr;
-    const float* w = importance ? importance->data() : nullptr;
-    py::gil_scoped_release release;
-    QuantizeMatrix(src, dtype, rows, cols, p, dst, sc, zp, &errors, w);
+
+  QuantizedArrays(size_t rows, size_t cols, const QuantParams& p) {
+    const size_t groups = GroupsPerRow(cols, p.group_size);
+    const size_t row_bytes = RowBytes(cols, p.bits);
+    const bool is_signed = p.bits == 8 && !p.asymmetric();
+    codes = is_signed
+                ? py::array(py::dtype::of<int8_t>(), {rows, row_bytes})
+                : py::array(py::dtype::of<uint8_t>(), {rows, row_bytes});
+    // Group parameters are stored as float16, per-row ones as float32.
+    const py::dtype param_type =
+        p.f16_params ? py::dtype("float16") : py::dtype::of<float>();
+    scales = py::array(param_type, {rows, groups});
+    if (p.asymmetric()) {
+      zeros.emplace(param_type, std::vector<size_t>{rows, groups});
+    }
   }
+  uint8_t* codes_data() { return static_cast<uint8_t*>(codes.mutable_data()); }
+  void* zeros_data() { return zeros ? zeros->mutable_data() : nullptr; }
+  // (codes, scales, zero points or None)
+  py::tuple Tuple() const {
+    py::object z = zeros ? py::object(*zeros) : py::none();
+    return py::make_tuple(codes, scales, z);
+  }
+};
+
+// A ValueError naming the tensor and where, for what the kernels reported.
+void RaiseReported(const ErrorSink& errors, const std::string& name) {
   switch (errors.kind()) {
     case ErrorKind::kNone:
-      break;
+      return;
     case ErrorKind::kNonFinite:
       throw py::value_error(name + ": NaN or Inf at " + Where(errors));
     case ErrorKind::kScaleOverflow:
@@ -201,8 +204,84 @@ py::tuple Quantize(const py::array& x, DType dtype, const QuantParams& p,
     case ErrorKind::kCastOverflow:
       throw py::value_error(name + ": value out of range at " + Where(errors));
   }
-  py::object z = zeros ? py::object(*zeros) : py::none();
-  return py::make_tuple(codes, scales, z);
+}
+
+py::tuple Quantize(const py::array& x, DType dtype, const QuantParams& p,
+                   const std::string& name, const py::object& importance_arg) {
+  CheckDType(dtype, name);
+  CheckMatrix(x, name, ItemSize(dtype));
+  const size_t rows = x.shape(0);
+  const size_t cols = x.shape(1);
+  CheckParams(p, cols, name);
+  const auto importance = ImportanceArg(importance_arg, cols, name);
+  QuantizedArrays out(rows, cols, p);
+  ErrorSink errors;
+  {
+    const void* src = x.data();
+    uint8_t* dst = out.codes_data();
+    void* sc = out.scales.mutable_data();
+    void* zp = out.zeros_data();
+    const float* w = importance ? importance->data() : nullptr;
+    py::gil_scoped_release release;
+    QuantizeMatrix(src, dtype, rows, cols, p, dst, sc, zp, &errors, w);
+  }
+  RaiseReported(errors, name);
+  return out.Tuple();
+}
+
+// GPTQ of float32 x [rows, cols] with u [cols, cols] (upper Cholesky factor
+// of the damped inverse Hessian): (codes, scales, zeros or None, the
+// reconstruction as float32 [rows, cols]).
+py::tuple Gptq(const py::array& x, const py::array& u_arg, const QuantParams& p,
+               const std::string& name, const py::object& importance_arg) {
+  CheckMatrix(x, name, sizeof(float));
+  if (x.dtype().kind() != 'f' || x.itemsize() != sizeof(float)) {
+    throw py::type_error(name + ": gptq takes float32 weights");
+  }
+  const size_t rows = x.shape(0);
+  const size_t cols = x.shape(1);
+  CheckParams(p, cols, name);
+  const std::string what = name + " gptq factor";
+  CheckMatrix(u_arg, what, sizeof(float));
+  if (u_arg.dtype().kind() != 'f' ||
+      static_cast<size_t>(u_arg.shape(0)) != cols ||
+      static_cast<size_t>(u_arg.shape(1)) != cols) {
+    throw py::value_error(what + ": expected float32 of shape (" +
+                          std::to_string(cols) + ", " + std::to_string(cols) +
+                          ")");
+  }
+  const float* u = static_cast<const float*>(u_arg.data());
+  for (size_t c = 0; c < cols; ++c) {
+    // The errors are divided by the diagonal; the rest must be finite.
+    if (!(u[c * cols + c] > 0.0f) || !std::isfinite(u[c * cols + c])) {
+      throw py::value_error(what + ": diagonal entry " + std::to_string(c) +
+                            " is not positive and finite");
+    }
+    for (size_t j = c; j < cols; ++j) {
+      if (!std::isfinite(u[c * cols + j])) {
+        throw py::value_error(what + ": NaN or Inf at row " +
+                              std::to_string(c) + ", column " +
+                              std::to_string(j));
+      }
+    }
+  }
+  const auto importance = ImportanceArg(importance_arg, cols, name);
+  py::array_t<float> work = AlignedFloatMatrix(rows, cols);
+  std::memcpy(work.mutable_data(), x.data(), rows * cols * sizeof(float));
+  QuantizedArrays out(rows, cols, p);
+  ErrorSink errors;
+  {
+    float* w = work.mutable_data();
+    uint8_t* dst = out.codes_data();
+    void* sc = out.scales.mutable_data();
+    void* zp = out.zeros_data();
+    const float* imp = importance ? importance->data() : nullptr;
+    py::gil_scoped_release release;
+    GptqMatrix(w, u, rows, cols, p, dst, sc, zp, &errors, imp);
+  }
+  RaiseReported(errors, name);
+  py::object z = out.zeros ? py::object(*out.zeros) : py::none();
+  return py::make_tuple(out.codes, out.scales, z, work);
 }
 
 py::array_t<float> Dequantize(const py::array& codes, const py::array& scales,
@@ -414,6 +493,13 @@ PYBIND11_MODULE(_core, m) {
         "importance"_a = py::none(),
         "Quantize a 2-D array; returns (codes, scales, zero points or None). "
         "importance: None or float32 [cols], weights of the mse/hqq error.");
+  m.def("gptq", &Gptq, "x"_a, "u"_a, "params"_a, "name"_a,
+        "importance"_a = py::none(),
+        "GPTQ of float32 x [rows, cols] given u, the upper Cholesky factor "
+        "of the damped inverse Hessian [cols, cols] (only its upper triangle "
+        "is read); returns (codes, scales, zero points or None, the "
+        "reconstruction). importance: as for quantize, for the group "
+        "parameter searches.");
   m.def("dequantize", &Dequantize, "codes"_a, "scales"_a, "zeros"_a, "rows"_a,
         "cols"_a, "params"_a, "name"_a, "out"_a = py::none(),
         "Reconstruct float32 weights (into `out` when given).");

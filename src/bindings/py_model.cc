@@ -44,6 +44,21 @@ py::dict InputStatsDict(const PyModel& m) {
   return out;
 }
 
+// The collected Gram matrices X^T X: WeightKey of the site -> (float64
+// [cols, cols], rows accumulated); sites without one are left out.
+py::dict InputGramDict(const PyModel& m) {
+  py::dict out;
+  if (m.stats == nullptr) return out;
+  for (const auto& [key, site] : m.stats->sites()) {
+    if (site.gram.empty()) continue;
+    const size_t cols = site.sum_sq.size();
+    py::array_t<double> gram({cols, cols});
+    std::copy(site.gram.begin(), site.gram.end(), gram.mutable_data());
+    out[py::cast(key)] = py::make_tuple(gram, site.rows);
+  }
+  return out;
+}
+
 // A WeightKey from Python: the key itself, or its printed name ("L3.q").
 WeightKey KeyArg(py::handle key) {
   if (py::isinstance<WeightKey>(key)) return py::cast<WeightKey>(key);
@@ -122,10 +137,10 @@ std::unique_ptr<PyModel> MakeModel(const ModelConfig& config,
   return out;
 }
 
-py::array_t<float> Forward(PyModel& m, const py::object& ids_arg,
-                           bool all_logits) {
-  // Checked as int64 before narrowing: forcecasting int64 ids to int32 would
-  // turn 2^32 + 5 into the valid token 5.
+// Token ids from Python, checked as int64 before narrowing to int32:
+// forcecasting int64 ids to int32 would turn 2^32 + 5 into the valid token 5.
+py::array_t<int32_t, py::array::c_style | py::array::forcecast> IdsArg(
+    PyModel& m, const py::object& ids_arg) {
   const auto ids = Int64Array(ids_arg, "token ids");
   if (ids.ndim() != 1) throw py::value_error("token ids must be 1-D");
   const size_t n = ids.shape(0);
@@ -141,7 +156,14 @@ py::array_t<float> Forward(PyModel& m, const py::object& ids_arg,
                             std::to_string(vocab) + ")");
     }
   }
-  py::array_t<int32_t, py::array::c_style | py::array::forcecast> flat(ids);
+  return py::array_t<int32_t, py::array::c_style | py::array::forcecast>(ids);
+}
+
+py::array_t<float> Forward(PyModel& m, const py::object& ids_arg,
+                           bool all_logits) {
+  const auto flat = IdsArg(m, ids_arg);
+  const size_t n = flat.shape(0);
+  const size_t vocab = m.model->config().vocab;
   py::array_t<float> logits({all_logits ? n : size_t{1}, vocab});
   try {
     const int32_t* p = flat.data();
@@ -154,6 +176,46 @@ py::array_t<float> Forward(PyModel& m, const py::object& ids_arg,
     throw py::value_error(e.what());
   }
   return logits;
+}
+
+py::array_t<float> Embed(PyModel& m, const py::object& ids_arg) {
+  const auto ids = IdsArg(m, ids_arg);
+  const size_t n = ids.shape(0);
+  py::array_t<float> x({n, m.model->config().hidden});
+  const int32_t* p = ids.data();
+  float* out = x.mutable_data();
+  py::gil_scoped_release release;
+  m.model->Embed(p, n, out);
+  return x;
+}
+
+void ForwardLayers(PyModel& m, const py::object& x_arg, const py::object& first,
+                   const py::object& last) {
+  const size_t hidden = m.model->config().hidden;
+  if (!py::isinstance<py::array>(x_arg)) {
+    throw py::type_error("hidden states: expected a float32 array, got " +
+                         TypeName(x_arg));
+  }
+  auto x = py::cast<py::array>(x_arg);
+  if (x.dtype().kind() != 'f' || x.itemsize() != sizeof(float) ||
+      x.ndim() != 2 || static_cast<size_t>(x.shape(1)) != hidden ||
+      !(x.flags() & py::array::c_style) || !x.writeable()) {
+    throw py::value_error(
+        "hidden states: expected a writeable C-contiguous float32 array of "
+        "shape (n, " + std::to_string(hidden) + ")");
+  }
+  const size_t n = x.shape(0);
+  const size_t l0 = SizeArg(first, "first layer");
+  const size_t l1 = SizeArg(last, "last layer");
+  float* data = static_cast<float*>(x.mutable_data());
+  try {
+    py::gil_scoped_release release;
+    m.model->ForwardLayers(data, n, l0, l1);
+  } catch (const std::out_of_range& e) {
+    throw py::value_error(e.what());
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
 }
 
 }  // namespace
@@ -268,18 +330,28 @@ void BindModel(py::module_& m) {
                throw py::value_error(e.what());
              }
            }, "position"_a, "Forget cached tokens from `position` on.")
+      .def("embed", &Embed, "ids"_a,
+           "The scaled embeddings of int32 token ids: float32 [n, hidden].")
+      .def("forward_layers", &ForwardLayers, "x"_a, "first"_a, "last"_a,
+           "Run hidden states x (float32 [n, hidden], changed in place) "
+           "through layers [first, last) after the cached positions, then "
+           "advance the position by n.")
       .def("collect_input_stats",
-           [](PyModel& m, bool on) {
+           [](PyModel& m, bool on, bool gram) {
              if (on) {
-               m.stats = std::make_unique<InputStats>();
+               m.stats = std::make_unique<InputStats>(gram);
                m.model->set_input_stats(m.stats.get());
              } else {
                m.model->set_input_stats(nullptr);
              }
            },
-           "on"_a,
-           "on: start collecting the inputs of every linear layer (anew); "
-           "off: stop (what was collected stays readable).")
+           "on"_a, "gram"_a = false,
+           "on: start collecting the inputs of every linear layer (anew; "
+           "gram: X^T X too); off: stop (what was collected stays "
+           "readable).")
+      .def("input_gram", &InputGramDict,
+           "WeightKey of each input site -> (float64 [cols, cols] X^T X, "
+           "rows), when collected with gram=True.")
       .def("input_stats", &InputStatsDict,
            "WeightKey of each input site (q for q/k/v, gate for gate/up/"
            "router, o, down, lm_head, an expert's down) -> (float64 [cols] "

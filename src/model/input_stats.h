@@ -3,6 +3,9 @@
 // E[x_j^2] = sum_sq[j] / rows weights column j of the layer's weight matrix:
 // the expected squared error of an output from an error d in column j is
 // E[x_j^2] d^2 (the diagonal of X^T X, as llama.cpp's importance matrix).
+// GPTQ needs all of X^T X (the Hessian of the layer's squared output error):
+// collected too when asked, per site, usually for one layer at a time (a
+// 1536-wide input's is 18 MiB of doubles).
 #ifndef LOWBIT_MODEL_INPUT_STATS_H_
 #define LOWBIT_MODEL_INPUT_STATS_H_
 
@@ -20,27 +23,22 @@ namespace lowbit {
 // by its own expert).
 struct InputSite {
   std::vector<double> sum_sq;  // per column, double: sums over many tokens
+  std::vector<double> gram;    // cols x cols, row-major, when collected
   size_t rows = 0;             // tokens (rows of x) accumulated
 };
 
 class InputStats {
  public:
+  // gram: also accumulate X^T X per site.
+  explicit InputStats(bool gram = false) : gram_(gram) {}
+
   // x: rows x cols float32, row-major.
-  void Add(const WeightKey& site, const float* x, size_t rows, size_t cols) {
-    InputSite& s = sites_[site];
-    if (s.sum_sq.empty()) s.sum_sq.assign(cols, 0.0);
-    for (size_t r = 0; r < rows; ++r) {
-      const float* row = x + r * cols;
-      for (size_t j = 0; j < cols; ++j) {
-        s.sum_sq[j] += static_cast<double>(row[j]) * row[j];
-      }
-    }
-    s.rows += rows;
-  }
+  void Add(const WeightKey& site, const float* x, size_t rows, size_t cols);
 
   const std::map<WeightKey, InputSite>& sites() const { return sites_; }
 
  private:
+  bool gram_;
   std::map<WeightKey, InputSite> sites_;
 };
 

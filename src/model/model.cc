@@ -246,14 +246,16 @@ void Model::Rewind(size_t position) {
   position_ = position;
 }
 
-void Model::Forward(const int32_t* ids, size_t n, bool all_logits,
-                    float* logits) {
+void Model::CheckRoom(size_t n) const {
   if (n == 0) throw std::invalid_argument("no tokens to run");
   if (n > context() - position_) {
     throw std::out_of_range(
         std::to_string(position_ + n) + " tokens exceed the context of " +
         std::to_string(context()) + " (load the model with a larger context)");
   }
+}
+
+void Model::CheckTokens(const int32_t* ids, size_t n) const {
   for (size_t i = 0; i < n; ++i) {
     if (ids[i] < 0 || static_cast<size_t>(ids[i]) >= config_.vocab) {
       throw std::out_of_range("token id " + std::to_string(ids[i]) +
@@ -262,6 +264,12 @@ void Model::Forward(const int32_t* ids, size_t n, bool all_logits,
                               std::to_string(config_.vocab) + ")");
     }
   }
+}
+
+void Model::Forward(const int32_t* ids, size_t n, bool all_logits,
+                    float* logits) {
+  CheckRoom(n);
+  CheckTokens(ids, n);
   for (size_t start = 0; start < n; start += kChunk) {
     const size_t m = std::min(kChunk, n - start);
     const bool last = start + m == n;
@@ -273,17 +281,9 @@ void Model::Forward(const int32_t* ids, size_t n, bool all_logits,
   }
 }
 
-void Model::ForwardChunk(const int32_t* ids, size_t n, float* logits,
-                         bool all_logits) {
+void Model::Embed(const int32_t* ids, size_t n, float* x) const {
   const ModelConfig& c = config_;
-  size_t ffn_width = 0, experts = 0;
-  for (const Layer& layer : layers_) {
-    ffn_width = std::max(ffn_width, layer.ffn_width);
-    experts = std::max(experts, layer.e_gate.size());
-  }
-  Scratch& s = *scratch_;
-  s.Reserve(n, c, ffn_width, experts);
-  float* x = s.x.data();
+  CheckTokens(ids, n);
   for (size_t t = 0; t < n; ++t) {
     float* row = x + t * c.hidden;
     WeightRow(embed_, static_cast<size_t>(ids[t]), row);
@@ -291,7 +291,36 @@ void Model::ForwardChunk(const int32_t* ids, size_t n, float* logits,
       for (size_t i = 0; i < c.hidden; ++i) row[i] *= c.embed_scale;
     }
   }
-  for (size_t l = 0; l < layers_.size(); ++l) {
+}
+
+void Model::ForwardLayers(float* x, size_t n, size_t first, size_t last) {
+  if (first > last || last > layers_.size()) {
+    throw std::out_of_range("layers [" + std::to_string(first) + ", " +
+                            std::to_string(last) + ") are not in [0, " +
+                            std::to_string(layers_.size()) + ")");
+  }
+  CheckRoom(n);
+  for (size_t start = 0; start < n; start += kChunk) {
+    const size_t m = std::min(kChunk, n - start);
+    RunLayers(x + start * config_.hidden, m, first, last, ReserveScratch(m));
+    position_ += m;
+  }
+}
+
+Model::Scratch& Model::ReserveScratch(size_t n) {
+  size_t ffn_width = 0, experts = 0;
+  for (const Layer& layer : layers_) {
+    ffn_width = std::max(ffn_width, layer.ffn_width);
+    experts = std::max(experts, layer.e_gate.size());
+  }
+  scratch_->Reserve(n, config_, ffn_width, experts);
+  return *scratch_;
+}
+
+void Model::RunLayers(float* x, size_t n, size_t first, size_t last,
+                      Scratch& s) {
+  const ModelConfig& c = config_;
+  for (size_t l = first; l < last; ++l) {
     AttentionBlock(l, n, x, s);
     const Layer& layer = layers_[l];
     RmsNorm(x, layer.ffn_norm->data(), n, c.hidden, c.rms_eps, s.h.data());
@@ -304,6 +333,15 @@ void Model::ForwardChunk(const int32_t* ids, size_t n, float* logits,
     }
     for (size_t i = 0; i < n * c.hidden; ++i) x[i] += s.y[i];
   }
+}
+
+void Model::ForwardChunk(const int32_t* ids, size_t n, float* logits,
+                         bool all_logits) {
+  const ModelConfig& c = config_;
+  Scratch& s = ReserveScratch(n);
+  float* x = s.x.data();
+  Embed(ids, n, x);
+  RunLayers(x, n, 0, layers_.size(), s);
   position_ += n;
   if (logits == nullptr) return;
   const size_t first = all_logits ? 0 : n - 1;

@@ -65,6 +65,16 @@ class Model {
   // overflow or an id is not in the vocabulary (nothing is run then).
   void Forward(const int32_t* ids, size_t n, bool all_logits, float* logits);
 
+  // Layer by layer, for calibration that runs one layer at a time on the
+  // outputs of the layers before it (GPTQ): Embed writes the scaled
+  // embeddings of ids[0, n) into x [n, hidden]; ForwardLayers runs x through
+  // layers [first, last) in place at positions position() ..
+  // position() + n - 1, caching those layers' keys and values, and then
+  // advances position() by n. Forward(ids) is Embed, ForwardLayers over all
+  // layers, and the final norm and lm_head. Errors as for Forward.
+  void Embed(const int32_t* ids, size_t n, float* x) const;
+  void ForwardLayers(float* x, size_t n, size_t first, size_t last);
+
   size_t position() const { return position_; }
   size_t context() const { return cache_->context(); }
   // Forget the cache from `position` on (0: start a new sequence).
@@ -81,6 +91,12 @@ class Model {
 
   void ForwardChunk(const int32_t* ids, size_t n, float* logits,
                     bool all_logits);
+  // Checks that ids[0, n) fit the vocabulary and n tokens the context.
+  void CheckTokens(const int32_t* ids, size_t n) const;
+  void CheckRoom(size_t n) const;
+  Scratch& ReserveScratch(size_t n);
+  // Layers [first, last) on x [n, hidden], n <= kChunk, in place.
+  void RunLayers(float* x, size_t n, size_t first, size_t last, Scratch& s);
   void AttentionBlock(size_t l, size_t n, float* x, Scratch& s);
   void FeedForward(const Layer& layer, size_t n, const float* in, float* out,
                    Scratch& s);

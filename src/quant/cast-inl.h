@@ -57,8 +57,8 @@ float LoadScalar(const void* in, size_t i) {
 // Element by element, with exact error positions: the fallback for targets
 // without a rounding float16 conversion, and the way to locate an error that
 // the vector path detected in a chunk. f16 overflow (|x| >= 65520 rounds to
-// inf) is an error, as is bf16 overflow.
-void CastScalar(const void* in, DType in_type, size_t begin, size_t end,
+// inf) is an error, as is bf16 overflow. Returns false when it reported one.
+bool CastScalar(const void* in, DType in_type, size_t begin, size_t end,
                 void* out, DType out_type, ErrorSink* errors) {
   for (size_t i = begin; i < end; ++i) {
     float v;
@@ -69,7 +69,7 @@ void CastScalar(const void* in, DType in_type, size_t begin, size_t end,
     }
     if (!std::isfinite(v)) {
       errors->Report(ErrorKind::kNonFinite, 0, i);
-      return;
+      return false;
     }
     if (out_type == DType::kF32) {
       static_cast<float*>(out)[i] = v;
@@ -80,10 +80,11 @@ void CastScalar(const void* in, DType in_type, size_t begin, size_t end,
     const uint16_t inf_exponent = half ? 0x7C00u : 0x7F80u;
     if ((bits & inf_exponent) == inf_exponent) {
       errors->Report(ErrorKind::kCastOverflow, 0, i);
-      return;
+      return false;
     }
     static_cast<uint16_t*>(out)[i] = bits;
   }
+  return true;
 }
 
 // Converts one vector to the output type at `out + i`.
@@ -150,8 +151,9 @@ void CastVectors(const T* HWY_RESTRICT in, size_t begin, size_t end, void* out,
       CastScalar(in, in_type, c, stop, out, out_type, errors);
       return;
     }
-    CastScalar(in, in_type, i, stop, out, out_type, errors);
-    if (errors->kind() != ErrorKind::kNone) return;
+    // Only this range's own error ends it: another thread's error further
+    // on must not stop it before an earlier one (the sink keeps the first).
+    if (!CastScalar(in, in_type, i, stop, out, out_type, errors)) return;
   }
 }
 

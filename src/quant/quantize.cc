@@ -8,6 +8,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "quant/cast-inl.h"
+#include "quant/gptq-inl.h"
 #include "quant/rows-inl.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -34,6 +35,7 @@ HWY_EXPORT(DequantizeRows);
 HWY_EXPORT(CastRange);
 HWY_EXPORT(KernelTarget);
 HWY_EXPORT(ErrorRows);
+HWY_EXPORT(GptqRows);
 
 namespace {
 
@@ -57,6 +59,29 @@ void QuantizeMatrix(const void* x, DType dtype, size_t rows, size_t cols,
         HWY_DYNAMIC_DISPATCH(QuantizeRows)(x, dtype, begin, end, cols, p,
                                            importance, codes, scales, zeros,
                                            errors);
+      });
+}
+
+// GPTQ's rows per task: the rows of a tile share each read of a row of U
+// (cols floats) in the updates past a block; 16 rows make those reads a
+// sixteenth of the arithmetic's memory traffic.
+constexpr size_t kGptqTileRows = 16;
+// Columns per lazy batch (GPTQ's default block): a block's part of U (128 x
+// 128 floats, 64 KiB) stays in cache while its columns are quantized.
+constexpr size_t kGptqBlock = 128;
+
+void GptqMatrix(float* w, const float* u, size_t rows, size_t cols,
+                const QuantParams& p, uint8_t* codes, void* scales, void* zeros,
+                ErrorSink* errors, const float* importance) {
+  // Blocks hold whole groups, so a group's parameters are found on weights
+  // that every earlier column's error has already reached.
+  const size_t g = p.group_size == 0 ? cols : p.group_size;
+  const size_t block = g < cols ? g * std::max<size_t>(1, kGptqBlock / g)
+                                : kGptqBlock;
+  ThreadPool::Global().ParallelFor(
+      rows, kGptqTileRows, [&](size_t begin, size_t end) {
+        HWY_DYNAMIC_DISPATCH(GptqRows)(w, u, begin, end, cols, p, importance,
+                                       block, codes, scales, zeros, errors);
       });
 }
 

@@ -25,6 +25,17 @@ void QuantizeMatrix(const void* x, DType dtype, size_t rows, size_t cols,
                     void* zeros, ErrorSink* errors,
                     const float* importance = nullptr);
 
+// GPTQ (quant/gptq-inl.h): w (rows x cols float32, overwritten with the
+// reconstruction) is quantized column by column, each column's rounding error
+// spread over the columns after it through u, the upper Cholesky factor of
+// the inverse of the (damped) Hessian X^T X of the layer's inputs: cols x cols
+// float32, row-major, with a positive diagonal. codes, scales, zeros and
+// importance as for QuantizeMatrix; the codes equal what QuantizeMatrix
+// would store for the reconstruction with these parameters.
+void GptqMatrix(float* w, const float* u, size_t rows, size_t cols,
+                const QuantParams& p, uint8_t* codes, void* scales, void* zeros,
+                ErrorSink* errors, const float* importance = nullptr);
+
 // The inverse: out is rows x cols float32.
 void DequantizeMatrix(const uint8_t* codes, const void* scales,
                       const void* zeros, size_t rows, size_t cols,

@@ -27,7 +27,7 @@ from lowbit.formats.inspect_model import format_report, inspect_model
 from lowbit.formats.safetensors import Checkpoint
 from lowbit.quant.quantize import quantize
 from lowbit.quant.recipes import PRESETS, Recipe
-from lowbit.quant.schemes import CALIBRATED_METHODS, SCHEMES
+from lowbit.quant.schemes import CALIBRATED_METHODS, GPTQ, SCHEMES
 from lowbit.runtime.model import load
 from lowbit.sources.default_model import cache_dir, default_model_path
 
@@ -132,14 +132,17 @@ def _show(piece: str) -> None:
 
 def error_table(x: np.ndarray, importance: np.ndarray | None) -> list[dict[str, Any]]:
     """Every integer scheme and method on matrix ``x``: size, error, the
-    error weighted by the input's E[x^2] (``importance``; what the calibrated
-    methods minimise, and what the layer's output feels) and time. Without
-    importances the calibrated methods are left out."""
+    error weighted by the input's E[x^2] (``importance``; what the weighted
+    searches minimise, and what the layer's output feels) and time. Without
+    importances the weighted searches are left out; GPTQ always is (it needs
+    the layer's whole input Hessian, not E[x^2]: the converted model shows it)."""
     rows = []
     for s in SCHEMES.values():
         if s.is_float:
             continue
         for method in s.methods:
+            if method == GPTQ:
+                continue
             calibrated = method in CALIBRATED_METHODS
             if calibrated and importance is None:
                 continue
@@ -189,7 +192,8 @@ def format_error_table(rows: list[dict[str, Any]]) -> str:
         )
     lines.append(
         "(weighted: the error weighted by E[x^2] of the layer's input from calibration, "
-        "what the calibrated methods wmse and whqq minimise)"
+        "what the weighted searches wmse and whqq minimise; gptq, q4's method, minimises the "
+        "layer's output error through the whole input Hessian and is not in this table)"
     )
     return "\n".join(lines)
 

@@ -55,7 +55,14 @@ from lowbit.models.config import check_layers, read_config
 from lowbit.quant.dtypes import FLOAT_SCHEME_DTYPES, cast
 from lowbit.quant.quantize import QuantizedTensor, quantize
 from lowbit.quant.recipes import Recipe, TensorPlan
-from lowbit.quant.schemes import CALIBRATED_METHODS, get_scheme
+from lowbit.quant.schemes import (
+    CALIBRATED_METHODS,
+    GPTQ,
+    STATISTICS_METHODS,
+    get_scheme,
+    plain_method,
+    weighted_method,
+)
 from lowbit.util.errors import LowbitError
 from lowbit.util.hashing import file_digest
 from lowbit.util.outdir import check_target, copy_side_files, writing
@@ -100,14 +107,31 @@ class EncodedWeight:
     arrays: tuple[np.ndarray, ...]
 
 
-def _encode(plan: TensorPlan, x: np.ndarray, importance: np.ndarray | None) -> EncodedWeight:
+def _encode(
+    plan: TensorPlan,
+    x: np.ndarray,
+    importance: np.ndarray | None,
+    solved: QuantizedTensor | None = None,
+) -> EncodedWeight:
     """Quantize one weight (a float scheme casts it); ``importance``: the
-    calibration statistics of its input, for the calibrated methods."""
+    calibration statistics of its input, for the weighted searches;
+    ``solved``: its GPTQ result (lowbit.eval.gptq), stored as it is."""
     s = get_scheme(plan.choice.scheme)
     flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x)
-    if s.is_float:
+    if solved is not None:
+        c = plan.choice
+        if (solved.scheme, solved.group_size, solved.shape) != (c.scheme, c.group_size, flat.shape):
+            raise ConvertError(
+                f"{plan.name}: the GPTQ result is {solved.scheme} group {solved.group_size} "
+                f"{solved.shape}, the plan {c.describe()} {flat.shape}"
+            )
+        qt = solved
+        arrays: tuple[np.ndarray, ...] = tuple(
+            a for a in (qt.codes, qt.scales, qt.zeros) if a is not None
+        )
+    elif s.is_float:
         values = cast(x, FLOAT_SCHEME_DTYPES[s.name], plan.name)
-        arrays: tuple[np.ndarray, ...] = (values,)
+        arrays = (values,)
         qt = QuantizedTensor(s.name, flat.shape, values.reshape(flat.shape))
     else:
         qt = quantize(
@@ -144,6 +168,7 @@ class WeightJob:
     plan: TensorPlan
     source: Checkpoint
     importance: np.ndarray | None = None  # E[x^2] of its input, for wmse/whqq
+    solved: QuantizedTensor | None = None  # its GPTQ result
 
     @functools.cached_property
     def specs(self) -> tuple[TensorSpec, ...]:
@@ -151,7 +176,7 @@ class WeightJob:
         return tuple(stored_specs(self.plan.name, self.plan.shape, c.scheme, c.group_size))
 
     def encode(self) -> EncodedWeight:
-        return _encode(self.plan, _read(self.source, self.plan), self.importance)
+        return _encode(self.plan, _read(self.source, self.plan), self.importance, self.solved)
 
 
 @dataclass(frozen=True)
@@ -317,6 +342,7 @@ def convert(
     importance: Mapping[str, np.ndarray] | None = None,
     calibration: dict[str, Any] | None = None,
     quiet: bool = False,
+    solved: Mapping[str, QuantizedTensor] | None = None,
 ) -> ConvertSummary:
     """Convert the checkpoint at ``src`` into the model directory ``out``.
 
@@ -326,8 +352,11 @@ def convert(
     tensor's scheme. ``importance``: per tensor name, E[x^2] of its input
     channels (``lowbit.eval.calibration``), which the calibrated methods
     (``wmse``, ``whqq``) need; a tensor without one gets the method's
-    uncalibrated search, and its plan says so. ``calibration``: what the
-    manifest records of where the statistics came from. ``quiet``: print
+    uncalibrated search, and its plan says so. ``solved``: per tensor name,
+    its GPTQ result (``lowbit.eval.gptq.solve``), which a ``gptq`` plan
+    stores as it is; a ``gptq`` tensor without one gets its weighted search
+    (or, without statistics, the plain one), and its plan says so.
+    ``calibration``: what the manifest records of where the statistics came from. ``quiet``: print
     no notes on stderr (fallbacks; the manifest records them all). ``fmt``: ``lowbit``
     (safetensors, the compact format) or ``npz`` (the reference documents'
     NPZ layout, format_version "2"). Returns a summary; bad input raises ConvertError,
@@ -347,6 +376,7 @@ def convert(
         fmt,
         dict(importance or {}),
         calibration,
+        dict(solved or {}),
     )
     if src.is_file() and is_gguf(src):
         with writing(out, force=force) as partial:
@@ -354,11 +384,11 @@ def convert(
             # cleaned up with OUT.partial by the next run.
             checkpoint = partial / ".gguf-import"
             import_gguf(src, checkpoint)
-            planned = _plan(checkpoint, recipe, settings.importance, quiet)
+            planned = _plan(checkpoint, recipe, settings, quiet)
             weights, files, source_files = _write(planned, partial, settings, source=src)
             shutil.rmtree(checkpoint)
     else:
-        planned = _plan(src, recipe, settings.importance, quiet)  # bad input: before OUT
+        planned = _plan(src, recipe, settings, quiet)  # bad input: before OUT
         with writing(out, force=force) as partial:
             weights, files, source_files = _write(planned, partial, settings, source=None)
     seconds = time.perf_counter() - planned.t0
@@ -377,6 +407,7 @@ class _Settings:
     fmt: str
     importance: dict[str, np.ndarray]
     calibration: dict[str, Any] | None
+    solved: dict[str, QuantizedTensor]
 
 
 @dataclass
@@ -391,19 +422,28 @@ class _Planned:
     t0: float
 
 
-def _uncalibrated(plan: TensorPlan, importance: Mapping[str, np.ndarray]) -> TensorPlan:
-    """A calibrated method's plan for a tensor without statistics: the same
-    search, unweighted, and a fallback note saying why."""
-    base = CALIBRATED_METHODS.get(plan.choice.method)
-    if base is None or plan.name in importance:
+def _uncalibrated(plan: TensorPlan, settings: _Settings) -> TensorPlan:
+    """A plan whose method needs statistics the conversion does not have for
+    this tensor: a GPTQ plan without a GPTQ result gets its weighted search
+    (the lm_head, fused expert stacks: GPTQ runs on the layers' matrices), a
+    weighted search without E[x^2] its plain search; a note says why."""
+    method, scheme = plan.choice.method, plan.choice.scheme
+    if method not in STATISTICS_METHODS or plan.name in settings.solved:
         return plan
-    why = f"no calibration statistics for its input; {plan.choice.method} -> {base}"
+    if method == GPTQ and plan.name in settings.importance:
+        base = weighted_method(scheme, method)
+        why = f"no GPTQ result for it (no Hessian of its input); {method} -> {base}"
+    elif plan.name in settings.importance:
+        return plan
+    else:
+        base = plain_method(scheme, method)
+        why = f"no calibration statistics for its input; {method} -> {base}"
     choice = dataclasses.replace(plan.choice, method=base)
     fallback = f"{plan.fallback}; {why}" if plan.fallback else why
     return dataclasses.replace(plan, choice=choice, fallback=fallback)
 
 
-def _plan(src: Path, recipe: Recipe, importance: Mapping[str, np.ndarray], quiet: bool) -> _Planned:
+def _plan(src: Path, recipe: Recipe, settings: _Settings, quiet: bool) -> _Planned:
     """Read ``src``'s config and tensor list and plan each tensor's scheme."""
     t0 = time.perf_counter()
     config_path = src / "config.json" if src.is_dir() else src.parent / "config.json"
@@ -412,7 +452,7 @@ def _plan(src: Path, recipe: Recipe, importance: Mapping[str, np.ndarray], quiet
     check_layers(config, ck.names(), config_path)
     tied = "lm_head.weight" not in ck.names()
     model = describe_model(config, config.get("_name_or_path") or src.name, tied)
-    plans = [_uncalibrated(recipe.plan(n, ck.info(n).shape), importance) for n in ck.names()]
+    plans = [_uncalibrated(recipe.plan(n, ck.info(n).shape), settings) for n in ck.names()]
     if not quiet:
         _print_fallbacks(plans)
     return _Planned(src, config_path, ck, model, plans, t0)
@@ -440,6 +480,7 @@ def _write(
             settings.importance.get(plan.name)
             if plan.choice.method in CALIBRATED_METHODS
             else None,
+            settings.solved.get(plan.name) if plan.choice.method == GPTQ else None,
         )
         for plan in planned.plans
     ]

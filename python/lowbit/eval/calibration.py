@@ -29,7 +29,9 @@ from lowbit.eval.text import make_windows, read_text
 from lowbit.formats.gguf import is_gguf
 from lowbit.formats.safetensors import Checkpoint, CheckpointError, StreamingWriter, TensorSpec
 from lowbit.models.tokenizer import TOKENIZER_FILE
+from lowbit.quant.quantize import QuantizedTensor
 from lowbit.quant.recipes import Recipe
+from lowbit.quant.schemes import GPTQ
 from lowbit.runtime.config import core_tensor
 from lowbit.runtime.model import Model, load
 from lowbit.util.errors import ArgumentError, LowbitError
@@ -331,7 +333,48 @@ def convert_calibrated(
         budget = (target_bpw, max_kld)
         chosen = _budget(src, out, preset, rules, stats, about, calibration, *budget, kwargs)
         rules = [*rules, *chosen]
-    return convert(src, out, preset, rules, importance=stats.mean_sq, calibration=about, **kwargs)
+    solved = _gptq(
+        src, Recipe.from_args(preset, list(rules)), calibration, calibration_tokens, quiet
+    )
+    if solved:
+        from lowbit.quant.gptq import GPTQ_DAMP
+
+        about["gptq"] = {"matrices": len(solved), "damp": GPTQ_DAMP, "tokens": calibration_tokens}
+    return convert(
+        src,
+        out,
+        preset,
+        rules,
+        importance=stats.mean_sq,
+        calibration=about,
+        solved=solved,
+        **kwargs,
+    )
+
+
+def _gptq(
+    src: str | Path, recipe: Recipe, calibration: list[Path] | None, tokens: int, quiet: bool
+) -> dict[str, QuantizedTensor]:
+    """GPTQ results of the matrices whose plan says gptq (lowbit.eval.gptq);
+    none when no plan does, or when the model has no tokenizer for the text
+    (given --imatrix): their weighted search then, said once here and in
+    every entry."""
+    if not recipe.uses(GPTQ):
+        return {}
+    from lowbit.eval.gptq import solve
+
+    try:
+        return solve(src, recipe, calibration, tokens)
+    except NoTokenizerError:
+        if calibration:
+            raise  # the user's own text cannot be read by this model
+        if not quiet:
+            print(
+                f"lowbit: {src}: no tokenizer to tokenize calibration text for GPTQ; "
+                "its matrices get the weighted search of their scheme",
+                file=sys.stderr,
+            )
+        return {}
 
 
 def _budget(

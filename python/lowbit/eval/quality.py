@@ -52,6 +52,8 @@ CASES: dict[str, Case] = {
         Case("uint4 g64 rtn", "q4", _with("uint4:64", "rtn")),
         Case("uint4 g64 mse", "q4", _with("uint4:64", "mse"), "mse"),
         Case("uint4 g64 wmse", "q4", _with("uint4:64", "wmse"), "wmse"),
+        Case("uint4 g64 gptq", "q4", _with("uint4:64", "gptq"), "gptq"),
+        Case("int4 g32 gptq", "q4", _with("int4:32", "gptq"), "gptq"),
         Case("GGUF Q4_0", gguf=("Q4_0", "Q8_0")),
         Case("uint2 g32 rtn", "q2", _with("uint2:32", "rtn")),
         Case("uint2 g32 mse", "q2", _with("uint2:32", "mse"), "mse"),
@@ -76,8 +78,16 @@ def linear_bits_per_weight(weights: Iterable[WeightInfo]) -> tuple[float, float]
     return tot / n, lin / n_lin
 
 
-def run_case(case: Case, src: Path, workdir: Path, **validate_options: Any) -> dict[str, Any]:
-    """Convert (or round-trip through GGUF), validate, and summarise one case."""
+def run_case(
+    case: Case,
+    src: Path,
+    workdir: Path,
+    baseline: Path | None = None,
+    **validate_options: Any,
+) -> dict[str, Any]:
+    """Convert (or round-trip through GGUF), validate, and summarise one case.
+    ``baseline``: the float model to validate against, when ``src`` is a
+    transformed copy of it (default: ``src``)."""
     slug = _slug(case.name)
     out = workdir / slug
     if case.gguf:
@@ -103,7 +113,7 @@ def run_case(case: Case, src: Path, workdir: Path, **validate_options: Any) -> d
     if made.is_file():
         made.replace(saved)
     bits = linear_bits_per_weight(read_manifest(out).weights)
-    row = _row(case.name, case.method, bits, validate(out, src, **validate_options))
+    row = _row(case.name, case.method, bits, validate(out, baseline or src, **validate_options))
     shutil.rmtree(out)
     return row
 

@@ -10,12 +10,15 @@ import numpy as np
 
 from lowbit import _core
 from lowbit.quant.dtypes import FLOAT_SCHEME_DTYPES, cast, core_dtype, raw_view
+from lowbit.quant.gptq import HessianFactor
 from lowbit.quant.schemes import (
     CALIBRATED_METHODS,
+    GPTQ,
     METHODS,
     Scheme,
     check_group_size,
     get_scheme,
+    gptq_search,
 )
 from lowbit.util.errors import ArgumentError, ArgumentTypeError
 
@@ -56,7 +59,8 @@ def core_params(s: Scheme, group_size: int | None, method: str) -> _core.QuantPa
     p.code_offset = s.code_offset
     p.rule = _RULES[s.rule]
     p.scale_divisor = s.scale_divisor
-    p.method = _METHODS[method]
+    # GPTQ's group parameters come from its scheme's search (lowbit.quant.gptq).
+    p.method = _METHODS[gptq_search(s.asymmetric) if method == GPTQ else method]
     p.group_size = group_size or 0
     # Group scales are stored as float16, per-row ones as float32.
     p.f16_params = group_size is not None
@@ -236,6 +240,8 @@ def quantize(
     method: str = "rtn",
     name: str = "tensor",
     importance: np.ndarray | None = None,
+    hessian: np.ndarray | HessianFactor | None = None,
+    damp: float | None = None,
 ) -> QuantizedTensor:
     """Quantize a 2-D float32, float16 or bfloat16 matrix with ``scheme``.
 
@@ -244,7 +250,11 @@ def quantize(
     (32 for int4, per row otherwise). ``method``: ``rtn``, ``mse`` or ``hqq``,
     or the calibrated ``wmse`` and ``whqq``, which need ``importance``: float32
     ``[cols]``, E[x_j^2] of the layer's input channel j (see
-    ``lowbit.eval.calibration``), weighting each column's squared error.
+    ``lowbit.eval.calibration``), weighting each column's squared error; or
+    ``gptq``, which needs ``hessian``: ``X^T X`` of the layer's inputs
+    ``[cols, cols]`` (any positive multiple of it), damped by ``damp`` times
+    its mean diagonal (default ``lowbit.quant.gptq.GPTQ_DAMP``), or its
+    ``HessianFactor``, made once for the matrices that share an input.
     ``name`` appears in every error message. NaN or Inf in ``x`` is an error.
     """
     s = get_scheme(scheme)
@@ -259,16 +269,53 @@ def quantize(
         raise ArgumentError(
             f"{name}: method {method!r} does not apply to {scheme}; it takes {', '.join(s.methods)}"
         )
-    calibrated = method in CALIBRATED_METHODS
-    if calibrated != (importance is not None):
+    weighted = method in CALIBRATED_METHODS
+    if weighted != (importance is not None):
         raise ArgumentError(
             f"{name}: method {method!r} "
-            + ("needs calibration statistics (importance)" if calibrated else "takes no importance")
-            + f"; the calibrated methods are {', '.join(CALIBRATED_METHODS)}"
+            + ("needs calibration statistics (importance)" if weighted else "takes no importance")
+            + f"; the weighted methods are {', '.join(CALIBRATED_METHODS)}"
+        )
+    if (method == GPTQ) != (hessian is not None):
+        raise ArgumentError(
+            f"{name}: "
+            + (
+                "gptq needs the Hessian of the layer's inputs (hessian)"
+                if hessian is None
+                else f"method {method!r} takes no hessian; only gptq does"
+            )
         )
     gs = resolve_group_size(s, group_size)
     check_group_size(gs, x.shape[1], name)
-    codes, scales, zeros = _core.quantize(
-        raw_view(x), core_dtype(x.dtype, name), core_params(s, gs, method), name, importance
-    )
+    params = core_params(s, gs, method)
+    if hessian is not None:
+        codes, scales, zeros = _gptq(x, hessian, params, name, damp)
+    else:
+        codes, scales, zeros = _core.quantize(
+            raw_view(x), core_dtype(x.dtype, name), params, name, importance
+        )
     return QuantizedTensor(scheme, x.shape, codes, scales, zeros, gs, method)
+
+
+def _gptq(
+    x: np.ndarray,
+    hessian: np.ndarray | HessianFactor,
+    params: _core.QuantParams,
+    name: str,
+    damp: float | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    from lowbit.quant.gptq import GPTQ_DAMP
+
+    cols = x.shape[1]
+    if not isinstance(hessian, HessianFactor):
+        h = np.asarray(hessian)
+        if h.shape != (cols, cols):
+            raise ArgumentError(f"{name}: hessian has shape {h.shape}, expected ({cols}, {cols})")
+        hessian = HessianFactor.of(h, GPTQ_DAMP if damp is None else damp, name)
+    elif hessian.u.shape != (cols, cols):
+        raise ArgumentError(
+            f"{name}: the Hessian factor has shape {hessian.u.shape}, expected ({cols}, {cols})"
+        )
+    w = np.ascontiguousarray(cast(x, np.float32, name))
+    codes, scales, zeros, _ = _core.gptq(w, hessian.u, params, name, hessian.importance)
+    return codes, scales, zeros

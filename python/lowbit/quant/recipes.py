@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lowbit.models.families import role_of
-from lowbit.quant.schemes import CALIBRATED_METHODS, fitting_group_sizes, get_scheme
+from lowbit.quant.schemes import STATISTICS_METHODS, fitting_group_sizes, get_scheme
 from lowbit.util.errors import ArgumentError
 
 FLOAT32_ROLES = frozenset({"norm", "attn_q_norm", "attn_k_norm", "bias"})
@@ -67,7 +67,7 @@ _INT8 = Choice("int8")
 # 0.0049 to 0.0016 (benchmarks/bench_quality.py).
 _INT8_G32 = Choice("int8", 32)
 _INT4 = Choice("int4", 32)
-_UINT4_WHQQ = Choice("uint4", 64, "whqq")
+_UINT4_GPTQ = Choice("uint4", 64, "gptq")
 _UINT4_HQQ = Choice("uint4", 64, "hqq")
 
 PRESETS: dict[str, Preset] = {
@@ -77,17 +77,17 @@ PRESETS: dict[str, Preset] = {
         Preset("f16", "float16 everywhere (norms float32)", Choice("f16")),
         Preset("bf16", "bfloat16 everywhere (norms float32)", Choice("bf16")),
         Preset("q8", "int8 group 32 everywhere (per row where 32 does not fit)", _INT8_G32),
-        # 4.5 bits per linear weight, as llama.cpp's Q4_0. On SmolLM2-135M
-        # (1024 tokens of the license texts) mean KLD: uint4 g64 whqq 0.113,
-        # wmse 0.216, int4 g32 wmse 0.198; uncalibrated uint4 g64 hqq 0.265,
-        # int4 g32 rtn (q4 before calibration) 0.331; GGUF Q4_0 0.328
-        # (benchmarks/bench_quality.py). Calibrated: conversion runs the
-        # float model over the calibration text first (lowbit.eval.calibration).
+        # 4.5 bits per linear weight, as llama.cpp's Q4_0. Mean KLD on 8192
+        # tokens of the license texts (benchmarks/bench_quality.py), SmolLM2-135M /
+        # Gemma 3 270M: uint4 g64 gptq 0.118 / 0.200; whqq (weighted hqq, q4
+        # before GPTQ) 0.122 / 0.298; uncalibrated hqq 0.273; int4 g32 rtn 0.351
+        # (GGUF Q4_0 0.349 / 0.796). Calibrated: conversion runs the float model
+        # over the calibration text first (lowbit.eval.calibration, lowbit.eval.gptq).
         Preset(
             "q4",
-            "uint4 group 64, calibrated hqq (whqq), for linear layers; "
+            "uint4 group 64 by GPTQ (calibrated) for linear layers; "
             "int8 group 32 embeddings and lm_head",
-            _UINT4_WHQQ,
+            _UINT4_GPTQ,
             {**_roles(EMBEDDINGS, _INT8_G32), **_roles(ROUTERS, _F32)},
         ),
         Preset(
@@ -214,12 +214,17 @@ class Recipe:
             raise ArgumentError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
         return cls(PRESETS[preset], tuple(parse_rule(r) for r in rules))
 
-    @property
-    def calibrated(self) -> bool:
-        """Whether any tensor may get a calibrated method (wmse, whqq)."""
+    def uses(self, *methods: str) -> bool:
+        """Whether any tensor may get one of ``methods``."""
         p = self.preset
         choices = [p.default, p.fallback, *p.by_role.values(), *(r.choice for r in self.rules)]
-        return any(c.method in CALIBRATED_METHODS for c in choices)
+        return any(c.method in methods for c in choices)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether any tensor may get a method that needs calibration
+        statistics (wmse, whqq, gptq)."""
+        return self.uses(*STATISTICS_METHODS)
 
     def plan(self, name: str, shape: tuple[int, ...]) -> TensorPlan:
         role = role_of(name)

@@ -205,18 +205,73 @@ def quantize(
     q = _codes(s, xg, inv, zero).reshape(rows, cols).astype(np.int32)
     scales = scale.reshape(rows, groups)
     zeros = zero.reshape(rows, groups) if s.asymmetric else None
+    last = inv.reshape(rows, groups)[:, -1], zero.reshape(rows, groups)[:, -1]
+    return _stored_codes(s, q, *last), scales, zeros
+
+
+def _stored_codes(
+    s: Scheme, q: np.ndarray, last_inv: np.ndarray, last_zero: np.ndarray
+) -> np.ndarray:
+    """Integers ``q`` [rows, cols] as stored: 8-bit as they are, narrower
+    codes packed, the last block padded with zeros quantized by the row's
+    last group (``last_inv``, ``last_zero``)."""
     if s.bits == 8:
-        codes = q.astype(np.int8 if s.qmin < 0 else np.uint8)
-        return codes, scales, zeros
-    # Pad the last block with zeros quantized by the row's last group.
-    padded_cols = s.row_bytes(cols) * 8 // s.bits
-    pad = padded_cols - cols
+        return q.astype(np.int8 if s.qmin < 0 else np.uint8)
+    rows, cols = q.shape
+    pad = s.row_bytes(cols) * 8 // s.bits - cols
     if pad:
-        last_inv = inv.reshape(rows, groups)[:, -1:]
-        last_zero = zero.reshape(rows, groups)[:, -1:]
-        zq = _codes(s, np.zeros((rows, pad), F32), last_inv[:, 0], last_zero[:, 0])
+        zq = _codes(s, np.zeros((rows, pad), F32), last_inv, last_zero)
         q = np.concatenate([q, zq.astype(np.int32)], axis=1)
-    return pack(s, q + s.code_offset), scales, zeros
+    return pack(s, q + s.code_offset)
+
+
+def gptq(
+    s: Scheme,
+    x: np.ndarray,
+    group_size: int | None,
+    hessian: np.ndarray,
+    damp: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Reference GPTQ (lowbit.quant.gptq), as quantize returns it.
+
+    The paper's column loop in float64, without the kernel's lazy batches:
+    each column rounded with its group's parameters, its error divided by
+    U[c, c] and spread over every later column of the row at once. A group's
+    parameters come from the scheme's weighted search (hqq with zero points,
+    mse without; weights diag(H)) on the group's weights as the earlier
+    columns' errors left them, rounded to float32 for the search as the
+    kernels see them.
+    """
+    from lowbit.quant.gptq import inverse_factor
+    from lowbit.quant.schemes import gptq_search
+
+    w = np.asarray(x, np.float64).copy()
+    rows, cols = w.shape
+    g = cols if group_size is None else group_size
+    f16 = group_size is not None
+    u = inverse_factor(hessian, damp)
+    imp = np.maximum(np.diag(hessian), 0).astype(F32)
+    method = "w" + gptq_search(s.asymmetric)
+    q = np.zeros((rows, cols), np.int32)
+    scales = np.zeros((rows, cols // g), F32)
+    zeros = np.zeros((rows, cols // g), F32)
+    for c in range(cols):
+        gi = c // g
+        if c % g == 0:
+            group = w[:, c : c + g].astype(F32)
+            weights = np.broadcast_to(imp[c : c + g], group.shape)
+            scale, inv, zero = _find_params(s, group, f16, method, weights)
+            scales[:, gi], zeros[:, gi] = scale, zero
+            inverses = inv
+        col = w[:, c].astype(F32)[:, None]
+        qc = _codes(s, col, inverses, zeros[:, gi])[:, 0]
+        x_hat = (qc - zeros[:, gi]) * scales[:, gi]
+        err = (w[:, c] - x_hat) / u[c, c]
+        w[:, c + 1 :] -= np.outer(err, u[c, c + 1 :])
+        w[:, c] = x_hat
+        q[:, c] = qc
+    codes = _stored_codes(s, q, _inverse(scales[:, -1]), zeros[:, -1])
+    return codes, scales, zeros if s.asymmetric else None
 
 
 def dequantize(

@@ -14,17 +14,47 @@ from dataclasses import dataclass
 from lowbit import _core
 from lowbit.util.errors import ArgumentError
 
-METHODS = ("rtn", "mse", "hqq", "wmse", "whqq")
-# Calibrated methods: the search of the method they name, minimising the
+METHODS = ("rtn", "mse", "hqq", "wmse", "whqq", "gptq")
+# The weighted searches: the search of the method they name, minimising the
 # squared error weighted per input channel by E[x_j^2] from calibration
 # (sum_j E[x_j^2] (w_j - w^_j)^2, the expected squared error of the layer's
 # output) instead of the plain squared error.
 CALIBRATED_METHODS = {"wmse": "mse", "whqq": "hqq"}
+# GPTQ (lowbit.quant.gptq): rounding with error feedback through the inverse
+# of the layer's input Hessian X^T X, each group's parameters by the weighted
+# search of its scheme (hqq with zero points, mse without).
+GPTQ = "gptq"
+# Every method that needs calibration statistics.
+STATISTICS_METHODS = (*CALIBRATED_METHODS, GPTQ)
 
 
 def with_calibrated(methods: tuple[str, ...]) -> tuple[str, ...]:
-    """``methods`` plus the calibrated variant of each search among them."""
-    return methods + tuple(w for w, base in CALIBRATED_METHODS.items() if base in methods)
+    """``methods`` plus the calibrated variant of each search among them, and GPTQ."""
+    weighted = tuple(w for w, base in CALIBRATED_METHODS.items() if base in methods)
+    return (*methods, *weighted, GPTQ)
+
+
+def gptq_search(asymmetric: bool) -> str:
+    """The search GPTQ runs on each group: hqq needs zero points, mse does not."""
+    return "hqq" if asymmetric else "mse"
+
+
+def weighted_method(scheme: str, method: str) -> str:
+    """What GPTQ becomes for a matrix with E[x^2] of its input but no Hessian:
+    the weighted search it runs on each group; any other method itself."""
+    if method == GPTQ:
+        base = gptq_search(get_scheme(scheme).asymmetric)
+        return next(w for w, b in CALIBRATED_METHODS.items() if b == base)
+    return method
+
+
+def plain_method(scheme: str, method: str) -> str:
+    """What ``method`` becomes without calibration statistics: a weighted
+    search its plain search, GPTQ the search it runs on each group, any other
+    method itself."""
+    if method == GPTQ:
+        return gptq_search(get_scheme(scheme).asymmetric)
+    return CALIBRATED_METHODS.get(method, method)
 
 
 # Codes are packed into 16-byte blocks; see src/quant/quant_params.h.
@@ -156,7 +186,7 @@ def _asym(bits: int) -> Scheme:
         rule="minmax",
         qmin=0,
         qmax=(1 << bits) - 1,
-        methods=METHODS,  # rtn, mse, hqq and their weighted variants
+        methods=METHODS,  # rtn, mse, hqq, their weighted variants and gptq
         summary=f"unsigned {bits}-bit codes with a scale and a zero point",
     )
 
