@@ -36,7 +36,7 @@ def test_demo_json(tmp_path, capsys):
     int8 = next(r for r in report["errors"] if r["scheme"] == "int8")
     assert int8["rel_error"] < 0.02
     assert {r["scheme"] for r in report["errors"]} == {
-        "int8", "int4", "uint8", "uint4", "uint2", "uint1", "ternary"
+        "int8", "int4", "uint8", "uint6", "uint5", "uint4", "uint3", "uint2", "uint1", "ternary"
     }  # fmt: skip
 
 

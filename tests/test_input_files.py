@@ -160,7 +160,7 @@ def _with_manifest(converted: Path, tmp_path: Path, edit) -> Path:
         (("weights", 0, "shape"), [0, 32]),
         (("weights", 0, "shape"), [1e308, 32]),
         (("weights", 0, "group_size"), 1e308),
-        (("weights", 0, "bits"), 3),
+        (("weights", 0, "bits"), 7),
         (("weights", 0, "rel_error"), float("inf")),
         (("files", 0, "size"), 1e308),
         (("model", "context_length"), 1e308),

@@ -71,7 +71,7 @@ MATMUL_CASES = [
     ("bf16", "rtn", None, 48),
 ] + [
     case
-    for bits in (8, 4, 2, 1)
+    for bits in (8, 6, 5, 4, 3, 2, 1)
     for case in (
         (f"uint{bits}", "rtn", None, 200),
         (f"uint{bits}", "hqq", 16, 48),

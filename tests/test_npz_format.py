@@ -88,3 +88,21 @@ def test_unknown_format_version_is_named(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format_version": "7"}))
     with pytest.raises(ManifestError, match="format_version '7'"):
         load(tmp_path)
+
+
+def test_the_manifest_schemas_know_every_scheme_method_and_width():
+    """The JSON schemas enumerate schemes, methods and bit widths: a scheme
+    added to the table must be added there too, or its manifests fail."""
+    from lowbit.formats.manifest import SCHEMA_FILES, schema
+    from lowbit.quant.schemes import METHODS, SCHEMES
+
+    entry = schema(1)["properties"]["weights"]["items"]["properties"]
+    assert entry["scheme"]["enum"] == list(SCHEMES)
+    assert entry["method"]["enum"] == list(METHODS)
+    widths = {s.bits for s in SCHEMES.values()}
+    assert widths <= set(entry["bits"]["enum"])
+    assert set(SCHEMA_FILES) == {1, "2"}
+    npz = schema("2")["properties"]["weights"]["items"]["properties"]
+    quant = npz["quantization"]["properties"]
+    assert quant["search"]["enum"] == list(METHODS)
+    assert widths <= set(quant["bits"]["enum"]) == set(npz["bit_width"]["enum"])

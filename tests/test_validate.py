@@ -139,7 +139,7 @@ def test_cli_json_report_and_exit_0(setup, capsys):
     [
         ("[model]\nmax_kld_maen = 0.1\n", "unknown key 'max_kld_maen'; expected one of"),
         ("[modle]\nmax_kld_mean = 0.1\n", "unknown key 'modle'"),
-        ("[weights.max_rel_error]\n3 = 0.1\n", "is not a bit width"),
+        ("[weights.max_rel_error]\n7 = 0.1\n", "is not a bit width"),
         ("[model]\nmax_kld_mean = 'low'\n", "expected a finite number"),
         ("[presets.q4.model]\nmin_same_tpo = 0.9\n", r"\[presets.q4\] \[model\]: unknown key"),
         ("model = [", "not valid TOML"),

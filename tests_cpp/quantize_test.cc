@@ -167,9 +167,24 @@ Quantized QuantizeRef(const std::vector<float>& x, size_t rows, size_t cols,
   const size_t g = q.group_size();
   const size_t groups = q.groups();
   const bool packed = p.bits != 8;
-  const size_t per_block = packed ? CodesPerBlock(p.bits) : kBlockBytes;
+  // Codes past cols, up to the last block of the coarsest plane, are zeros
+  // quantized with the last group's parameters.
+  const int lo = p.bits == 3 ? 2 : p.bits == 5 || p.bits == 6 ? 4 : p.bits;
+  const int hi = p.bits - lo;
+  const size_t per_block =
+      packed ? kBlockBytes * 8 / (hi != 0 ? hi : p.bits) : kBlockBytes;
   const size_t padded = packed ? (cols + per_block - 1) / per_block * per_block
                                : cols;
+  const size_t per_lo = kBlockBytes * 8 / lo;
+  const size_t lo_bytes = (cols + per_lo - 1) / per_lo * kBlockBytes;
+  const size_t lo_codes = lo_bytes / kBlockBytes * per_lo;
+  // Sets code `code` of `bits` bits at position c of a plane.
+  auto put = [](uint8_t* plane, int bits, size_t c, int code) {
+    const size_t per = kBlockBytes * 8 / bits;
+    const size_t pos = c % per;
+    plane[c / per * kBlockBytes + pos % kBlockBytes] |=
+        static_cast<uint8_t>(code << (pos / kBlockBytes * bits));
+  };
   for (size_t r = 0; r < rows; ++r) {
     std::vector<GroupParams> gp(groups);
     for (size_t gi = 0; gi < groups; ++gi) {
@@ -195,11 +210,12 @@ Quantized QuantizeRef(const std::vector<float>& x, size_t rows, size_t cols,
       if (!p.asymmetric()) code += p.code_offset;
       if (!packed) {
         row[c] = static_cast<uint8_t>(code);
-        continue;
+      } else if (hi == 0) {
+        put(row, p.bits, c, code);
+      } else {
+        if (c < lo_codes) put(row, lo, c, code & ((1 << lo) - 1));
+        put(row + lo_bytes, hi, c, code >> lo);
       }
-      const size_t pos = c % per_block;
-      row[c / per_block * kBlockBytes + pos % kBlockBytes] |=
-          static_cast<uint8_t>(code << (pos / kBlockBytes * p.bits));
     }
   }
   return q;
@@ -360,7 +376,7 @@ TEST_P(QuantizeTest, DequantizeMatchesScalarDecodeBitForBit) {
 // Outputs of 32 MiB and more take the streaming-store path.
 TEST_P(QuantizeTest, LargeDequantizeStreamsTheSameValues) {
   const size_t rows = 2048, cols = 4096;
-  const QuantParams p = ParamsOf(Schemes()[1], 32, Method::kRtn);  // int4
+  const QuantParams p = ParamsOf(SchemeNamed("int4"), 32, Method::kRtn);
   Quantized q = Allocate(rows, cols, p);
   std::mt19937 rng(5);
   for (uint8_t& b : q.codes) b = static_cast<uint8_t>(rng());
@@ -476,7 +492,7 @@ TEST_P(QuantizeTest, HqqImprovesOnRtnLikeTheScalarIteration) {
 }
 
 TEST_P(QuantizeTest, ReportsTheFirstNonFiniteElement) {
-  const QuantParams p = ParamsOf(Schemes()[3], 32, Method::kRtn);  // uint4
+  const QuantParams p = ParamsOf(SchemeNamed("uint4"), 32, Method::kRtn);
   const size_t rows = 6, cols = 64;
   Input in = MakeInput(rows, cols, DType::kF32, 7);
   float* x = reinterpret_cast<float*>(in.bytes.data());
@@ -492,7 +508,7 @@ TEST_P(QuantizeTest, ReportsTheFirstNonFiniteElement) {
 }
 
 TEST_P(QuantizeTest, ReportsAGroupScaleBeyondFloat16) {
-  const QuantParams p = ParamsOf(Schemes()[0], 16, Method::kRtn);  // int8
+  const QuantParams p = ParamsOf(SchemeNamed("int8"), 16, Method::kRtn);
   const size_t rows = 3, cols = 64;
   Input in = MakeInput(rows, cols, DType::kF32, 8);
   float* x = reinterpret_cast<float*>(in.bytes.data());
@@ -538,9 +554,7 @@ TEST_P(QuantizeTest, GptqWithoutErrorFeedbackIsRtn) {
 // U[0][1] before that column is rounded. One group per row, int8 per row.
 TEST_P(QuantizeTest, GptqSpreadsAColumnsErrorToTheNext) {
   const size_t cols = 32;
-  const Scheme& s = Schemes().front();  // int8, absmax / 127
-  ASSERT_EQ(std::string(s.name), "int8");
-  const QuantParams p = ParamsOf(s, 0, Method::kRtn);
+  const QuantParams p = ParamsOf(SchemeNamed("int8"), 0, Method::kRtn);
   std::vector<float> x(kRows * cols);
   for (size_t i = 0; i < x.size(); ++i) x[i] = 0.37f * std::sin(0.7f * i + 1);
   std::vector<float> u(cols * cols, 0.0f);

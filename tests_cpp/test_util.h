@@ -112,12 +112,24 @@ inline const std::vector<Scheme>& Schemes() {
       {"int8", 8, ScaleRule::kAbsMax, -127, 127, 0, 127.0f},
       {"int4", 4, ScaleRule::kSignedMax, -8, 7, 8, -8.0f},
       {"uint8", 8, ScaleRule::kMinMax, 0, 255, 0, 1.0f},
+      {"uint6", 6, ScaleRule::kMinMax, 0, 63, 0, 1.0f},
+      {"uint5", 5, ScaleRule::kMinMax, 0, 31, 0, 1.0f},
       {"uint4", 4, ScaleRule::kMinMax, 0, 15, 0, 1.0f},
+      {"uint3", 3, ScaleRule::kMinMax, 0, 7, 0, 1.0f},
       {"uint2", 2, ScaleRule::kMinMax, 0, 3, 0, 1.0f},
       {"uint1", 1, ScaleRule::kMinMax, 0, 1, 0, 1.0f},
       {"ternary", 2, ScaleRule::kMeanAbs, -1, 1, 1, 1.0f},
   };
   return schemes;
+}
+
+// The scheme called `name` (a test's typo fails loudly).
+inline const Scheme& SchemeNamed(const std::string& name) {
+  for (const Scheme& s : Schemes()) {
+    if (name == s.name) return s;
+  }
+  ADD_FAILURE() << "no scheme " << name;
+  return Schemes().front();
 }
 
 // What Python's core_params passes: float16 group parameters when grouped.
@@ -186,20 +198,31 @@ inline Quantized Allocate(size_t rows, size_t cols, const QuantParams& p) {
   return q;
 }
 
-// The stored code of column c of row r, read from the documented layout:
-// the code at position k * 16 + j of a 16-byte block sits in byte j, bits
-// [k * bits, (k + 1) * bits); 8-bit symmetric codes are int8.
+// Code c of a plane of `bits` (1, 2, 4) bits starting at `plane`: the code
+// at position k * 16 + j of a 16-byte block sits in byte j, bits
+// [k * bits, (k + 1) * bits).
+inline int PlaneCode(const uint8_t* plane, int bits, size_t c) {
+  const size_t per_block = kBlockBytes * 8 / bits;
+  const size_t pos = c % per_block;
+  const uint8_t byte = plane[c / per_block * kBlockBytes + pos % kBlockBytes];
+  const int shift = static_cast<int>(pos / kBlockBytes) * bits;
+  return (byte >> shift) & ((1 << bits) - 1);
+}
+
+// The stored code of column c of row r, read from the documented layout
+// (quant_params.h): one plane; or, for 3, 5 and 6 bits, the low plane's
+// code plus the high plane's shifted past it. 8-bit symmetric codes are int8.
 inline int StoredCode(const Quantized& q, size_t r, size_t c) {
   const uint8_t* row = q.codes.data() + r * q.row_bytes();
   const int bits = q.p.bits;
   if (bits == 8) {
     return q.p.asymmetric() ? row[c] : static_cast<int8_t>(row[c]);
   }
-  const size_t per_block = CodesPerBlock(bits);
-  const size_t pos = c % per_block;
-  const uint8_t byte = row[c / per_block * kBlockBytes + pos % kBlockBytes];
-  const int shift = static_cast<int>(pos / kBlockBytes) * bits;
-  return (byte >> shift) & ((1 << bits) - 1);
+  const int lo = bits == 3 ? 2 : bits == 5 || bits == 6 ? 4 : bits;
+  if (lo == bits) return PlaneCode(row, bits, c);
+  const size_t per_lo = kBlockBytes * 8 / lo;
+  const size_t lo_bytes = (q.cols + per_lo - 1) / per_lo * kBlockBytes;
+  return PlaneCode(row, lo, c) | PlaneCode(row + lo_bytes, bits - lo, c) << lo;
 }
 
 // Scalar decode of row r into out[0, cols): x^ = scale * (code - zero), in

@@ -59,8 +59,8 @@ void CheckMatrix(const py::array& a, const std::string& name,
 }
 
 void CheckParams(const QuantParams& p, size_t cols, const std::string& name) {
-  if (p.bits != 8 && p.bits != 4 && p.bits != 2 && p.bits != 1) {
-    throw py::value_error(name + ": bits must be 8, 4, 2 or 1, got " +
+  if (p.bits < 1 || p.bits > 8 || p.bits == 7) {
+    throw py::value_error(name + ": bits must be 1 to 6 or 8, got " +
                           std::to_string(p.bits));
   }
   const int rule = static_cast<int>(p.rule);
@@ -101,6 +101,10 @@ void CheckParams(const QuantParams& p, size_t cols, const std::string& name) {
   }
   if (p.bits == 1 && !p.asymmetric()) {
     throw py::value_error(name + ": 1-bit codes need a zero point");
+  }
+  if (IsSplit(p.bits) && !p.asymmetric()) {
+    throw py::value_error(name + ": " + std::to_string(p.bits) +
+                          "-bit codes (two planes) need a zero point");
   }
   if (p.method == Method::kHqq && !p.asymmetric()) {
     throw py::value_error(name + ": hqq needs a scheme with zero points");

@@ -55,9 +55,9 @@ HWY_INLINE hn::Vec<DF> LoadF32(DF d, const hwy::bfloat16_t* HWY_RESTRICT p) {
 // seg_group[s] is the group of segment s (padding segments: the last group).
 inline void SegmentGroupsInto(size_t cols, size_t g, int bits,
                               std::vector<uint32_t>* seg_group) {
-  const size_t codes_per_block = bits == 8 ? kBlockBytes : CodesPerBlock(bits);
-  const size_t padded = (cols + codes_per_block - 1) / codes_per_block *
-                        codes_per_block;
+  const size_t padded =
+      bits == 8 ? (cols + kBlockBytes - 1) / kBlockBytes * kBlockBytes
+                : PaddedCodes(cols, bits);
   const size_t last = cols / g - 1;
   seg_group->resize(padded / kBlockBytes);
   for (size_t seg = 0; seg < seg_group->size(); ++seg) {
@@ -114,6 +114,68 @@ HWY_INLINE void DecodeBlock(const uint8_t* HWY_RESTRICT in,
                              hn::Set(d, scale[grp]));
       StoreOut<kStream>(y, d, out + k * kBlockBytes + i);
     }
+  }
+}
+
+// The 16 codes of segment `seg` of a row stored as two planes (lo: the low
+// plane's bytes, hi: the high plane's), as int32 lanes [i, i + N).
+template <int kBits>
+HWY_INLINE hn::Vec<DI> SplitCodes(const uint8_t* HWY_RESTRICT lo,
+                                  const uint8_t* HWY_RESTRICT hi, size_t seg,
+                                  size_t i) {
+  constexpr int kLo = LowPlaneBits(kBits);
+  constexpr int kHi = HighPlaneBits(kBits);
+  constexpr size_t kPerLo = 8 / kLo;
+  constexpr size_t kPerHi = 8 / kHi;
+  const DI di;
+  const hn::Rebind<uint8_t, DI> d8;
+  const auto lo_bytes =
+      hn::PromoteTo(di, hn::LoadU(d8, lo + seg / kPerLo * kBlockBytes + i));
+  const auto hi_bytes =
+      hn::PromoteTo(di, hn::LoadU(d8, hi + seg / kPerHi * kBlockBytes + i));
+  const int lo_shift = static_cast<int>(seg % kPerLo) * kLo;
+  const int hi_shift = static_cast<int>(seg % kPerHi) * kHi;
+  const auto low = hn::And(hn::ShiftRightSame(lo_bytes, lo_shift),
+                           hn::Set(di, (1 << kLo) - 1));
+  const auto high = hn::And(hn::ShiftRightSame(hi_bytes, hi_shift),
+                            hn::Set(di, (1 << kHi) - 1));
+  return hn::Or(low, hn::ShiftLeft<kLo>(high));
+}
+
+// A two-plane row (quant_params.h) into out[0, cols): x^ = scale * (code -
+// zero) with code = low + 2^kLo high, the same formula as one plane.
+template <int kBits, bool kStream>
+HWY_INLINE void DecodeRowSplit(const uint8_t* HWY_RESTRICT in, size_t cols,
+                               const uint32_t* seg_group, const float* scale,
+                               const float* zero, float* HWY_RESTRICT out) {
+  const uint8_t* lo = in;
+  const uint8_t* hi = in + PlaneBytes(cols, LowPlaneBits(kBits));
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  const size_t full = cols / kBlockBytes;
+  for (size_t seg = 0; seg < full; ++seg) {
+    const uint32_t grp = seg_group[seg];
+    const auto vz = hn::Set(d, zero[grp]);
+    const auto vs = hn::Set(d, scale[grp]);
+    for (size_t i = 0; i < kBlockBytes; i += N) {
+      const auto code = hn::ConvertTo(d, SplitCodes<kBits>(lo, hi, seg, i));
+      StoreOut<kStream>(hn::Mul(hn::Sub(code, vz), vs), d,
+                        out + seg * kBlockBytes + i);
+    }
+  }
+  const size_t rest = cols - full * kBlockBytes;
+  if (rest != 0) {
+    // Group sizes are multiples of 16, so only a row's length can end a
+    // segment early: its codes are in the padded blocks.
+    HWY_ALIGN float padded[kBlockBytes];
+    const uint32_t grp = seg_group[full];
+    for (size_t i = 0; i < kBlockBytes; i += N) {
+      const auto code = hn::ConvertTo(d, SplitCodes<kBits>(lo, hi, full, i));
+      hn::Store(hn::Mul(hn::Sub(code, hn::Set(d, zero[grp])),
+                        hn::Set(d, scale[grp])),
+                d, padded + i);
+    }
+    std::memcpy(out + full * kBlockBytes, padded, rest * sizeof(float));
   }
 }
 
@@ -190,9 +252,15 @@ class RowDecoder {
   void Decode(size_t r, float* HWY_RESTRICT out) {
     ReadParams(p_, scales_, r * groups_, groups_, scale_.data());
     if (kAsym) ReadParams(p_, zeros_, r * groups_, groups_, zero_.data());
-    DecodeRow<kBits, kAsym, kStream>(codes_ + r * row_bytes_, cols_,
+    if constexpr (IsSplit(kBits)) {
+      DecodeRowSplit<kBits, kStream>(codes_ + r * row_bytes_, cols_,
                                      seg_group_.data(), scale_.data(),
                                      zero_.data(), out);
+    } else {
+      DecodeRow<kBits, kAsym, kStream>(codes_ + r * row_bytes_, cols_,
+                                       seg_group_.data(), scale_.data(),
+                                       zero_.data(), out);
+    }
   }
 
  private:
@@ -226,6 +294,13 @@ HWY_INLINE void VisitLayout(const QuantParams& p, const Visitor& visit) {
       return asym ? visit(Layout<2, true>()) : visit(Layout<2, false>());
     case 1:
       return visit(Layout<1, true>());
+    // Two planes (quant_params.h), zero points only.
+    case 3:
+      return visit(Layout<3, true>());
+    case 5:
+      return visit(Layout<5, true>());
+    case 6:
+      return visit(Layout<6, true>());
   }
 }
 

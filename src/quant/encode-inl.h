@@ -59,11 +59,67 @@ HWY_INLINE void EncodeBlock(const QuantParams& p, const TT* HWY_RESTRICT xb,
   }
 }
 
+// A row of a two-plane width (quant_params.h): each segment's 16 codes are
+// found as for one plane (zero points only), then their low bits go to the
+// low plane and the rest to the high plane. The padding past cols holds
+// zeros quantized by the row's last group, up to the high plane's last
+// block (the low plane's blocks end first).
+template <int kBits, typename T>
+HWY_INLINE void EncodeRowSplit(const QuantParams& p, const T* HWY_RESTRICT row,
+                               size_t cols, const uint32_t* seg_group,
+                               const float* inv, const float* zero,
+                               uint8_t* HWY_RESTRICT out) {
+  constexpr int kLo = LowPlaneBits(kBits);
+  constexpr int kHi = HighPlaneBits(kBits);
+  constexpr size_t kPerLo = 8 / kLo;
+  constexpr size_t kPerHi = 8 / kHi;
+  const size_t lo_bytes = PlaneBytes(cols, kLo);
+  uint8_t* lo = out;
+  uint8_t* hi = out + lo_bytes;
+  std::memset(out, 0, lo_bytes + PlaneBytes(cols, kHi));
+  const DF d;
+  const DI di;
+  const hn::Rebind<uint8_t, DI> d8;
+  const size_t N = hn::Lanes(d);
+  const auto vlo = hn::Set(d, static_cast<float>(p.qmin));
+  const auto vhi = hn::Set(d, static_cast<float>(p.qmax));
+  const auto low_mask = hn::Set(di, (1 << kLo) - 1);
+  const size_t lo_segments = lo_bytes / kBlockBytes * kPerLo;
+  const size_t segments = PaddedCodes(cols, kBits) / kBlockBytes;
+  HWY_ALIGN float buf[kBlockBytes];
+  for (size_t seg = 0; seg < segments; ++seg) {
+    const uint32_t grp = seg_group[seg];
+    const size_t c0 = seg * kBlockBytes;
+    const size_t have = c0 >= cols ? 0 : HWY_MIN(kBlockBytes, cols - c0);
+    for (size_t i = 0; i < kBlockBytes; ++i) {
+      buf[i] = i < have ? ToF32(row[c0 + i]) : 0.0f;
+    }
+    uint8_t* lo_block = lo + seg / kPerLo * kBlockBytes;
+    uint8_t* hi_block = hi + seg / kPerHi * kBlockBytes;
+    const int lo_shift = static_cast<int>(seg % kPerLo) * kLo;
+    const int hi_shift = static_cast<int>(seg % kPerHi) * kHi;
+    for (size_t i = 0; i < kBlockBytes; i += N) {
+      const auto t = hn::Add(hn::Mul(hn::Load(d, buf + i), hn::Set(d, inv[grp])),
+                             hn::Set(d, zero[grp]));
+      const auto q = hn::NearestInt(hn::Min(hn::Max(t, vlo), vhi));
+      if (seg < lo_segments) {
+        const auto old = hn::PromoteTo(di, hn::LoadU(d8, lo_block + i));
+        const auto low = hn::ShiftLeftSame(hn::And(q, low_mask), lo_shift);
+        hn::StoreU(hn::DemoteTo(d8, hn::Or(old, low)), d8, lo_block + i);
+      }
+      const auto old = hn::PromoteTo(di, hn::LoadU(d8, hi_block + i));
+      const auto high = hn::ShiftLeftSame(hn::ShiftRight<kLo>(q), hi_shift);
+      hn::StoreU(hn::DemoteTo(d8, hn::Or(old, high)), d8, hi_block + i);
+    }
+  }
+}
+
+// A row of a one-plane width.
 template <int kBits, bool kAsym, typename T>
-HWY_INLINE void EncodeRow(const QuantParams& p, const T* HWY_RESTRICT row,
-                          size_t cols, const uint32_t* seg_group,
-                          const float* inv, const float* zero,
-                          uint8_t* HWY_RESTRICT out) {
+HWY_INLINE void EncodeRowPlane(const QuantParams& p, const T* HWY_RESTRICT row,
+                               size_t cols, const uint32_t* seg_group,
+                               const float* inv, const float* zero,
+                               uint8_t* HWY_RESTRICT out) {
   constexpr int kPer = 8 / kBits;
   constexpr size_t kCodes = kBlockBytes * kPer;
   const size_t full = cols / kCodes;
@@ -82,6 +138,20 @@ HWY_INLINE void EncodeRow(const QuantParams& p, const T* HWY_RESTRICT row,
                               block);
     const size_t tail_bytes = kBits == 8 ? rest : kBlockBytes;
     std::memcpy(out + full * kBlockBytes, block, tail_bytes);
+  }
+}
+
+// Codes of one row (codes: its RowBytes) with the groups' 1/scale and zero
+// points; seg_group: SegmentGroups of the row.
+template <int kBits, bool kAsym, typename T>
+HWY_INLINE void EncodeRow(const QuantParams& p, const T* HWY_RESTRICT row,
+                          size_t cols, const uint32_t* seg_group,
+                          const float* inv, const float* zero,
+                          uint8_t* HWY_RESTRICT out) {
+  if constexpr (IsSplit(kBits)) {
+    EncodeRowSplit<kBits>(p, row, cols, seg_group, inv, zero, out);
+  } else {
+    EncodeRowPlane<kBits, kAsym>(p, row, cols, seg_group, inv, zero, out);
   }
 }
 

@@ -40,7 +40,7 @@ enum class Method : int32_t {
 enum class DType : int32_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
 
 struct QuantParams {
-  int32_t bits = 8;           // width of one stored code: 8, 4, 2 or 1
+  int32_t bits = 8;           // width of one stored code: 1 to 6, or 8
   int32_t qmin = -127;        // code range before the offset
   int32_t qmax = 127;
   int32_t code_offset = 0;    // stored code = q + code_offset (symmetric)
@@ -58,24 +58,53 @@ struct QuantParams {
 // Bytes of one stored block of packed codes.
 inline constexpr size_t kBlockBytes = 16;
 
+// Widths that 8 does not divide are stored as two planes, each in the block
+// layout of its own width: the code's low bits in a plane of LowPlaneBits,
+// the rest in a plane of HighPlaneBits (3 = 2 + 1, 5 = 4 + 1, 6 = 4 + 2), a
+// row's low plane first. A segment of 16 codes is then one shift and one AND
+// in each plane, as for every other width (llama.cpp's Q5 and Q6 types keep
+// their high bits apart from the 4-bit nibbles too).
+constexpr int LowPlaneBits(int bits) {
+  return bits == 3 ? 2 : (bits == 5 || bits == 6) ? 4 : bits;
+}
+constexpr int HighPlaneBits(int bits) { return bits - LowPlaneBits(bits); }
+constexpr bool IsSplit(int bits) { return HighPlaneBits(bits) != 0; }
+
+// Codes per block of a plane of `bits` (1, 2, 4 or 8) bits.
 inline size_t CodesPerBlock(int bits) { return kBlockBytes * 8 / bits; }
 
-// Stored bytes per row: whole blocks, the last one padded.
-inline size_t RowBytes(size_t cols, int bits) {
+// Stored bytes of `cols` codes in one plane: whole blocks, the last one
+// padded (8-bit rows are not padded).
+inline size_t PlaneBytes(size_t cols, int bits) {
   if (bits == 8) return cols;
   const size_t per_block = CodesPerBlock(bits);
   return (cols + per_block - 1) / per_block * kBlockBytes;
 }
 
+// Stored bytes per row.
+inline size_t RowBytes(size_t cols, int bits) {
+  if (!IsSplit(bits)) return PlaneBytes(cols, bits);
+  return PlaneBytes(cols, LowPlaneBits(bits)) +
+         PlaneBytes(cols, HighPlaneBits(bits));
+}
+
+// Codes a row is padded to: whole blocks of each plane (the coarser plane's
+// blocks for two planes); the padding holds quantized zeros.
+inline size_t PaddedCodes(size_t cols, int bits) {
+  if (bits == 8) return cols;
+  const size_t per_block = CodesPerBlock(IsSplit(bits) ? HighPlaneBits(bits)
+                                                        : bits);
+  return (cols + per_block - 1) / per_block * per_block;
+}
+
 // RowBytes for sizes from outside: std::invalid_argument for bits other than
-// 8, 4, 2 and 1 (CodesPerBlock divides by bits), SizeOverflow when rounding
-// cols up to whole blocks overflows.
+// 1 to 6 and 8, SizeOverflow when rounding cols up to whole blocks overflows.
 inline size_t CheckedRowBytes(size_t cols, int bits) {
-  if (bits != 8 && bits != 4 && bits != 2 && bits != 1) {
-    throw std::invalid_argument("bits: must be 8, 4, 2 or 1, got " +
+  if (bits < 1 || bits > 8 || bits == 7) {
+    throw std::invalid_argument("bits: must be 1 to 6 or 8, got " +
                                 std::to_string(bits));
   }
-  if (bits != 8) CheckedAdd(cols, CodesPerBlock(bits) - 1, "cols: row bytes");
+  if (bits != 8) CheckedAdd(cols, CodesPerBlock(1) - 1, "cols: row bytes");
   return RowBytes(cols, bits);
 }
 

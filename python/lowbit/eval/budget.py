@@ -30,11 +30,17 @@ from lowbit.quant.schemes import CALIBRATED_METHODS, fitting_group_sizes
 from lowbit.util.errors import ArgumentError
 
 # The ladder each matrix may take, smallest first (bits per weight with
-# float16 scales and zero points): 3.0, 4.5, 5.0, 8.5.
+# float16 scales and zero points): 3.0, 3.5, 4.5, 5.0, 5.5, 6.5, 8.5. The 5-
+# and 6-bit rungs fill the gap that left Gemma 3 270M's budget at Q4_K_M's
+# size with its 262144 x 640 embedding at 5 bits and every linear layer at
+# 8.5 (README, Quality).
 LADDER = (
     Choice("uint2", 32, "whqq"),
+    Choice("uint3", 64, "whqq"),
     Choice("uint4", 64, "whqq"),
     Choice("uint4", 32, "whqq"),
+    Choice("uint5", 64, "whqq"),
+    Choice("uint6", 64, "whqq"),
     Choice("int8", 32),
 )
 

@@ -17,7 +17,8 @@ File format (every table optional; unknown keys are errors)::
     max_kld_mean = 0.05
 
 Defaults: the reference documents' weight table (8-bit 2%, 4-bit 10%, 2-bit 20%,
-1-bit 50%; float16/bfloat16 0.5%, float32 exact), no model-level limits.
+1-bit 50%; float16/bfloat16 0.5%, float32 exact), with 3, 5 and 6 bits between
+their neighbours (14%, 6.7%, 4.5%), no model-level limits.
 """
 
 from __future__ import annotations
@@ -31,8 +32,21 @@ from typing import Any
 from lowbit.util.errors import LowbitError
 
 # By stored bits: the reference documents' table, plus float16/bfloat16
-# (rounding: at most 2^-9 relative, bfloat16) and float32 (exact copies).
-DEFAULT_WEIGHT_REL_ERROR = {8: 0.02, 4: 0.10, 2: 0.20, 1: 0.50, 16: 0.005, 32: 1e-6}
+# (rounding: at most 2^-9 relative, bfloat16) and float32 (exact copies). The
+# table has no 3, 5 or 6 bits: theirs are geometric interpolations of it
+# (3: sqrt(20% x 10%); 5 and 6: a quarter and half of the way from 4 to 8
+# bits at the 2-to-4-bit rate, 10% x 0.2^(1/4) and 10% x 0.2^(1/2)).
+DEFAULT_WEIGHT_REL_ERROR = {
+    8: 0.02,
+    6: 0.045,
+    5: 0.067,
+    4: 0.10,
+    3: 0.14,
+    2: 0.20,
+    1: 0.50,
+    16: 0.005,
+    32: 1e-6,
+}
 
 # model metric key -> (report field, "max" or "min")
 MODEL_LIMITS = {
@@ -86,10 +100,11 @@ def _apply(tol: Tolerances, data: dict[str, Any], where: str) -> None:
     if not isinstance(table, dict):
         raise ToleranceError(f"{where}: [weights.max_rel_error] must be a table of bits = limit")
     for bits, value in table.items():
-        if bits not in {"1", "2", "4", "8", "16", "32"}:
+        widths = sorted(DEFAULT_WEIGHT_REL_ERROR)
+        if bits not in {str(b) for b in widths}:
             raise ToleranceError(
                 f"{where} [weights.max_rel_error]: key {bits!r} is not a bit width "
-                "(1, 2, 4, 8, 16, 32)"
+                f"({', '.join(map(str, widths))})"
             )
         tol.weight_rel_error[int(bits)] = _number(value, f"{where} weights.max_rel_error.{bits}")
     model = data.get("model", {})

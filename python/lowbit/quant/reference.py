@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from lowbit import _core
-from lowbit.quant.schemes import CALIBRATED_METHODS, Scheme
+from lowbit.quant.schemes import CALIBRATED_METHODS, Scheme, plane_bytes
 
 F32 = np.float32
 Params = tuple[np.ndarray, np.ndarray, np.ndarray]  # scale, 1/scale, zero per group
@@ -150,29 +150,51 @@ def _find_params(
     return best
 
 
-def pack(s: Scheme, codes: np.ndarray) -> np.ndarray:
-    """Pack stored codes ``[rows, padded_cols]`` (0 <= code < 2**bits) into 16-byte blocks.
-
-    Within a block, the code at position ``k * 16 + j`` sits in byte ``j``, bits
-    ``[k * bits, (k + 1) * bits)``.
-    """
+def _pack_plane(codes: np.ndarray, bits: int) -> np.ndarray:
+    """One plane: codes ``[rows, k * 128 // bits]`` (0 <= code < 2**bits) in
+    16-byte blocks, the code at position ``k * 16 + j`` of a block in byte
+    ``j``, bits ``[k * bits, (k + 1) * bits)``."""
     rows, cols = codes.shape
-    per = 8 // s.bits
-    blocks = codes.reshape(rows, cols // s.codes_per_block, per, 16).astype(np.uint8)
+    per = 8 // bits
+    blocks = codes.reshape(rows, cols // (16 * per), per, 16).astype(np.uint8)
     out = np.zeros((rows, blocks.shape[1], 16), dtype=np.uint8)
     for k in range(per):
-        out |= blocks[:, :, k, :] << np.uint8(k * s.bits)
+        out |= blocks[:, :, k, :] << np.uint8(k * bits)
     return out.reshape(rows, -1)
+
+
+def _unpack_plane(packed: np.ndarray, bits: int) -> np.ndarray:
+    rows = packed.shape[0]
+    per = 8 // bits
+    blocks = packed.reshape(rows, -1, 1, 16).astype(np.int32)
+    shifts = (np.arange(per, dtype=np.int32) * bits).reshape(1, 1, per, 1)
+    return ((blocks >> shifts) & ((1 << bits) - 1)).reshape(rows, -1)
+
+
+def pack(s: Scheme, codes: np.ndarray, cols: int) -> np.ndarray:
+    """Pack stored codes ``[rows, s.padded_codes(cols)]`` (0 <= code <
+    2**bits) of rows of ``cols`` weights into 16-byte blocks: one plane for
+    widths that divide 8; for 3, 5 and 6 bits the low bits in one plane and
+    the rest in another, the low plane first in each row, each plane as long
+    as its blocks need for ``cols`` codes (src/quant/quant_params.h).
+    """
+    if len(s.planes) == 1:
+        return _pack_plane(codes, s.bits)
+    lo, hi = s.planes
+    lo_codes = plane_bytes(cols, lo) * 8 // lo  # the low plane's blocks end first
+    lows = _pack_plane(codes[:, :lo_codes] & ((1 << lo) - 1), lo)
+    return np.concatenate([lows, _pack_plane(codes >> lo, hi)], axis=1)
 
 
 def unpack(s: Scheme, packed: np.ndarray, cols: int) -> np.ndarray:
     """Inverse of :func:`pack`: the first ``cols`` codes of each row, as int32."""
-    rows = packed.shape[0]
-    per = 8 // s.bits
-    blocks = packed.reshape(rows, -1, 1, 16).astype(np.int32)
-    shifts = (np.arange(per, dtype=np.int32) * s.bits).reshape(1, 1, per, 1)
-    codes = (blocks >> shifts) & ((1 << s.bits) - 1)
-    return codes.reshape(rows, -1)[:, :cols]
+    if len(s.planes) == 1:
+        return _unpack_plane(packed, s.bits)[:, :cols]
+    lo, hi = s.planes
+    lo_bytes = plane_bytes(cols, lo)
+    low = _unpack_plane(packed[:, :lo_bytes], lo)[:, :cols]
+    high = _unpack_plane(packed[:, lo_bytes:], hi)[:, :cols]
+    return low | (high << lo)
 
 
 def quantize(
@@ -218,11 +240,11 @@ def _stored_codes(
     if s.bits == 8:
         return q.astype(np.int8 if s.qmin < 0 else np.uint8)
     rows, cols = q.shape
-    pad = s.row_bytes(cols) * 8 // s.bits - cols
+    pad = s.padded_codes(cols) - cols
     if pad:
         zq = _codes(s, np.zeros((rows, pad), F32), last_inv, last_zero)
         q = np.concatenate([q, zq.astype(np.int32)], axis=1)
-    return pack(s, q + s.code_offset)
+    return pack(s, q + s.code_offset, cols)
 
 
 def gptq(

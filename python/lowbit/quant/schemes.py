@@ -167,16 +167,31 @@ class Scheme:
         )
 
     @property
-    def codes_per_block(self) -> int:
-        """Codes in one packed 16-byte block (16 for 8-bit codes)."""
-        return BLOCK_BYTES * 8 // self.bits
+    def planes(self) -> tuple[int, ...]:
+        """Bits of each plane the codes are stored in: one plane for widths
+        that divide 8; two otherwise, the low bits first (3 = 2 + 1, 5 = 4 +
+        1, 6 = 4 + 2; src/quant/quant_params.h)."""
+        return {3: (2, 1), 5: (4, 1), 6: (4, 2)}.get(self.bits, (self.bits,))
 
     def row_bytes(self, cols: int) -> int:
-        """Stored bytes of one row of codes: whole blocks, the last one padded."""
+        """Stored bytes of one row of codes: each plane in whole blocks, the
+        last one padded (8-bit rows are not padded)."""
+        return sum(plane_bytes(cols, b) for b in self.planes)
+
+    def padded_codes(self, cols: int) -> int:
+        """Codes a row is padded to (quantized zeros past ``cols``): whole
+        blocks of its coarsest plane."""
         if self.bits == 8:
             return cols
-        per_block = self.codes_per_block
-        return -(-cols // per_block) * BLOCK_BYTES
+        per_block = BLOCK_BYTES * 8 // min(self.planes)
+        return -(-cols // per_block) * per_block
+
+
+def plane_bytes(cols: int, bits: int) -> int:
+    """Stored bytes of ``cols`` codes in one plane of ``bits`` (1, 2, 4, 8) bits."""
+    if bits == 8:
+        return cols
+    return -(-cols // (BLOCK_BYTES * 8 // bits)) * BLOCK_BYTES
 
 
 def _asym(bits: int) -> Scheme:
@@ -219,7 +234,10 @@ SCHEMES: dict[str, Scheme] = {
             summary="int4 in [-8, 7], scale = signed extreme / -8, stored as q + 8",
         ),
         _asym(8),
+        _asym(6),
+        _asym(5),
         _asym(4),
+        _asym(3),
         _asym(2),
         _asym(1),
         Scheme(
