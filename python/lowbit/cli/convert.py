@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lowbit.cli import common
 from lowbit.conversion.convert import FORMATS, ConvertSummary
+from lowbit.conversion.fold import FOLD_METHODS
 from lowbit.quant.recipes import PRESETS
 
 
@@ -30,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="lowbit: safetensors + manifest (default); npz: the reference documents' NPZ layout",
     )
     cal = p.add_argument_group(
-        "calibration (for the calibrated methods wmse and whqq, as in the q4 preset)"
+        "calibration (for the calibrated methods gptq, wmse and whqq, and AWQ, as in the q4 preset)"
     )
     cal.add_argument(
         "--calibration",
@@ -66,6 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="the smallest such recipe whose mean KL divergence against the float model, "
         "measured as `lowbit validate` does, is at most K (needs torch and transformers)",
+    )
+    cal.add_argument(
+        "--fold",
+        choices=list(FOLD_METHODS),
+        help="input-channel scales folded into the model before quantizing: awq (searched "
+        "on calibration activations), sinq (from the weights) or none (default: the "
+        "preset's; none with --target-bpw or --max-kld)",
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     common.add_output_flags(p)

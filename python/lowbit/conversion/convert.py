@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lowbit._version import __version__
+from lowbit.conversion.fold import FOLD_FILE, Fold, sinq_fold
 from lowbit.formats.gguf import import_gguf, is_gguf
 from lowbit.formats.jobs import SafetensorsOutput
 from lowbit.formats.layout import stored_specs
@@ -169,6 +170,7 @@ class WeightJob:
     source: Checkpoint
     importance: np.ndarray | None = None  # E[x^2] of its input, for wmse/whqq
     solved: QuantizedTensor | None = None  # its GPTQ result
+    fold: Fold | None = None  # input-channel scales folded into the model
 
     @functools.cached_property
     def specs(self) -> tuple[TensorSpec, ...]:
@@ -176,7 +178,10 @@ class WeightJob:
         return tuple(stored_specs(self.plan.name, self.plan.shape, c.scheme, c.group_size))
 
     def encode(self) -> EncodedWeight:
-        return _encode(self.plan, _read(self.source, self.plan), self.importance, self.solved)
+        x = _read(self.source, self.plan)
+        if self.fold is not None and self.plan.name in self.fold:
+            x = self.fold.apply(self.plan.name, x)
+        return _encode(self.plan, x, self.importance, self.solved)
 
 
 @dataclass(frozen=True)
@@ -343,6 +348,7 @@ def convert(
     calibration: dict[str, Any] | None = None,
     quiet: bool = False,
     solved: Mapping[str, QuantizedTensor] | None = None,
+    fold: Fold | str | None = None,
 ) -> ConvertSummary:
     """Convert the checkpoint at ``src`` into the model directory ``out``.
 
@@ -355,7 +361,12 @@ def convert(
     uncalibrated search, and its plan says so. ``solved``: per tensor name,
     its GPTQ result (``lowbit.eval.gptq.solve``), which a ``gptq`` plan
     stores as it is; a ``gptq`` tensor without one gets its weighted search
-    (or, without statistics, the plain one), and its plan says so.
+    (or, without statistics, the plain one), and its plan says so. ``fold``:
+    input-channel scales folded into the model (``lowbit.conversion.fold``):
+    AWQ's (a Fold measured by ``lowbit.eval.gptq``) or ``"sinq"`` (computed
+    here from the weights); each tensor they touch is transformed as it is
+    read (the GPTQ results are of the folded matrices already), the scales
+    saved as ``FOLD_FILE`` and recorded in the manifest's recipe.
     ``calibration``: what the manifest records of where the statistics came from. ``quiet``: print
     no notes on stderr (fallbacks; the manifest records them all). ``fmt``: ``lowbit``
     (safetensors, the compact format) or ``npz`` (the reference documents'
@@ -377,6 +388,7 @@ def convert(
         dict(importance or {}),
         calibration,
         dict(solved or {}),
+        fold,
     )
     if src.is_file() and is_gguf(src):
         with writing(out, force=force) as partial:
@@ -408,6 +420,7 @@ class _Settings:
     importance: dict[str, np.ndarray]
     calibration: dict[str, Any] | None
     solved: dict[str, QuantizedTensor]
+    fold: Fold | str | None  # "sinq": computed once the checkpoint is read
 
 
 @dataclass
@@ -420,6 +433,7 @@ class _Planned:
     model: dict[str, Any]
     plans: list[TensorPlan]
     t0: float
+    fold: Fold | None = None
 
 
 def _uncalibrated(plan: TensorPlan, settings: _Settings) -> TensorPlan:
@@ -443,6 +457,20 @@ def _uncalibrated(plan: TensorPlan, settings: _Settings) -> TensorPlan:
     return dataclasses.replace(plan, choice=choice, fallback=fallback)
 
 
+def _importance(
+    plan: TensorPlan, importance: Mapping[str, np.ndarray], fold: Fold | None
+) -> np.ndarray | None:
+    """E[x^2] of a weighted search's input, as the folded model sees it: a
+    reader's input is x / s, so E[x^2] / s^2."""
+    if plan.choice.method not in CALIBRATED_METHODS:
+        return None
+    e_x2 = importance.get(plan.name)
+    s = None if fold is None else fold.column_scale(plan.name)
+    if e_x2 is None or s is None:
+        return e_x2
+    return (e_x2 / s.astype(np.float64) ** 2).astype(np.float32)
+
+
 def _plan(src: Path, recipe: Recipe, settings: _Settings, quiet: bool) -> _Planned:
     """Read ``src``'s config and tensor list and plan each tensor's scheme."""
     t0 = time.perf_counter()
@@ -455,7 +483,12 @@ def _plan(src: Path, recipe: Recipe, settings: _Settings, quiet: bool) -> _Plann
     plans = [_uncalibrated(recipe.plan(n, ck.info(n).shape), settings) for n in ck.names()]
     if not quiet:
         _print_fallbacks(plans)
-    return _Planned(src, config_path, ck, model, plans, t0)
+    fold = settings.fold
+    if fold == "sinq":
+        fold = sinq_fold(ck, config)
+    elif isinstance(fold, str):
+        raise ConvertError(f"unknown fold {fold!r}; choose from sinq, or a measured Fold")
+    return _Planned(src, config_path, ck, model, plans, t0, fold)
 
 
 def _write(
@@ -477,10 +510,9 @@ def _write(
         WeightJob(
             plan,
             ck,
-            settings.importance.get(plan.name)
-            if plan.choice.method in CALIBRATED_METHODS
-            else None,
+            _importance(plan, settings.importance, planned.fold),
             settings.solved.get(plan.name) if plan.choice.method == GPTQ else None,
+            planned.fold,
         )
         for plan in planned.plans
     ]
@@ -492,9 +524,13 @@ def _write(
     src_dir = src if src.is_dir() else src.parent
     # Hashed like the weights: the runtime reads config.json and the tokenizer
     # files, so --verify must cover them too.
+    extra = []
+    if planned.fold is not None:
+        planned.fold.save(partial / FOLD_FILE)
+        extra.append(partial / FOLD_FILE)
     side_files = [
         FileEntry(f.name, f.stat().st_size, file_digest(f))
-        for f in copy_side_files(src_dir, partial)
+        for f in [*copy_side_files(src_dir, partial), *extra]
     ]
     about = _Provenance(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -502,6 +538,11 @@ def _write(
         recipe={
             **settings.recipe.as_dict(),
             **({"calibration": settings.calibration} if settings.calibration else {}),
+            **(
+                {"fold": {"method": planned.fold.method, "file": FOLD_FILE}}
+                if planned.fold is not None
+                else {}
+            ),
         },
         side_files=side_files,
         source={

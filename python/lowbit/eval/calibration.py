@@ -20,22 +20,25 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lowbit.conversion.convert import ConvertSummary, convert
+from lowbit.conversion.fold import FOLD_METHODS, Fold
 from lowbit.eval.text import make_windows, read_text
 from lowbit.formats.gguf import is_gguf
 from lowbit.formats.safetensors import Checkpoint, CheckpointError, StreamingWriter, TensorSpec
 from lowbit.models.tokenizer import TOKENIZER_FILE
-from lowbit.quant.quantize import QuantizedTensor
 from lowbit.quant.recipes import Recipe
 from lowbit.quant.schemes import GPTQ
 from lowbit.runtime.config import core_tensor
 from lowbit.runtime.model import Model, load
 from lowbit.util.errors import ArgumentError, LowbitError
 from lowbit.util.outdir import check_target
+
+if TYPE_CHECKING:
+    from lowbit.eval.gptq import Solved
 
 DEFAULT_TOKENS = 4096
 CONTEXT = 512
@@ -242,11 +245,13 @@ def _uncalibrated(
     rules: list[str] | tuple[str, ...],
     quiet: bool,
     budgeted: bool,
+    fold: str,
     kwargs: dict[str, Any],
 ) -> ConvertSummary:
     """No text can be run through a model without a tokenizer: the
-    calibrated methods use their plain searches, said once here and in every
-    tensor's manifest entry. A bit budget cannot do without the statistics."""
+    calibrated methods use their plain searches and AWQ gives way to SINQ,
+    said once here and in every tensor's manifest entry. A bit budget cannot
+    do without the statistics."""
     if budgeted:
         raise NoTokenizerError(
             f"{src}: --target-bpw and --max-kld measure sensitivity on calibration statistics, "
@@ -255,10 +260,17 @@ def _uncalibrated(
     if not quiet:
         print(
             f"lowbit: {src}: no tokenizer to tokenize calibration text; "
-            "calibrated methods fall back to their uncalibrated searches",
+            "calibrated methods fall back to their uncalibrated searches"
+            + (" and SINQ's scales replace AWQ's" if fold == "awq" else ""),
             file=sys.stderr,
         )
-    return convert(src, out, preset, rules, **kwargs)
+    fold = "sinq" if fold == "awq" else fold
+    return convert(src, out, preset, rules, fold=_convert_fold(fold), **kwargs)
+
+
+def _convert_fold(fold: str) -> str | None:
+    """What convert takes for a fold that needs no calibration."""
+    return None if fold == "none" else fold
 
 
 def convert_calibrated(
@@ -272,6 +284,7 @@ def convert_calibrated(
     target_bpw: float | None = None,
     max_kld: float | None = None,
     *,
+    fold: str | None = None,
     force: bool = False,
     progress: bool | None = None,
     fmt: str = "lowbit",
@@ -298,6 +311,12 @@ def convert_calibrated(
     divergence of at most that against the float baseline, measured as
     ``lowbit validate`` measures it (``lowbit.eval.max_kld``; needs torch
     and transformers for the baseline).
+
+    ``fold``: input-channel scales folded into the model before quantizing
+    (``lowbit.conversion.fold``): ``awq`` (searched on calibration
+    activations, in GPTQ's layer-by-layer pass), ``sinq`` (from the weights
+    alone) or ``none``; default the preset's, and ``none`` with a budget (its
+    sensitivities are measured on the unfolded matrices).
     """
     kwargs.update(force=force, progress=progress, fmt=fmt, quiet=quiet)
     out = Path(out)
@@ -307,11 +326,15 @@ def convert_calibrated(
     if target_bpw is None and max_kld is None:
         target_bpw = recipe.preset.target_bpw  # a budget preset
     budgeted = target_bpw is not None or max_kld is not None
-    needs_stats = recipe.calibrated or budgeted
+    if fold is None:
+        fold = "none" if budgeted else recipe.preset.fold
+    if fold not in FOLD_METHODS:
+        raise ArgumentError(f"unknown fold {fold!r}; choose from {', '.join(FOLD_METHODS)}")
+    needs_stats = recipe.calibrated or budgeted or fold == "awq"
     if imatrix is None and not needs_stats:
-        return convert(src, out, preset, rules, **kwargs)
+        return convert(src, out, preset, rules, fold=_convert_fold(fold), **kwargs)
     if imatrix is None and not calibration and not _has_tokenizer(Path(src)):
-        return _uncalibrated(src, out, preset, rules, quiet, budgeted, kwargs)
+        return _uncalibrated(src, out, preset, rules, quiet, budgeted, fold, kwargs)
     check_target(out, force)  # before the long calibration
     if imatrix is not None:
         stats, saved = Imatrix.load(Path(imatrix)), Path(imatrix)
@@ -321,7 +344,7 @@ def convert_calibrated(
         except NoTokenizerError:
             if calibration:
                 raise  # the user's own text cannot be read by this model
-            return _uncalibrated(src, out, preset, rules, quiet, budgeted, kwargs)
+            return _uncalibrated(src, out, preset, rules, quiet, budgeted, fold, kwargs)
         saved = out.with_name(out.name + IMATRIX_SUFFIX)
         stats.save(saved)
     about: dict[str, Any] = {
@@ -333,13 +356,17 @@ def convert_calibrated(
         budget = (target_bpw, max_kld)
         chosen = _budget(src, out, preset, rules, stats, about, calibration, *budget, kwargs)
         rules = [*rules, *chosen]
-    solved = _gptq(
-        src, Recipe.from_args(preset, list(rules)), calibration, calibration_tokens, quiet
+    solved, fold = _layer_pass(
+        src, Recipe.from_args(preset, list(rules)), calibration, calibration_tokens, fold, quiet
     )
-    if solved:
+    if solved.tensors:
         from lowbit.quant.gptq import GPTQ_DAMP
 
-        about["gptq"] = {"matrices": len(solved), "damp": GPTQ_DAMP, "tokens": calibration_tokens}
+        about["gptq"] = {
+            "matrices": len(solved.tensors),
+            "damp": GPTQ_DAMP,
+            "tokens": calibration_tokens,
+        }
     return convert(
         src,
         out,
@@ -347,34 +374,44 @@ def convert_calibrated(
         rules,
         importance=stats.mean_sq,
         calibration=about,
-        solved=solved,
+        solved=solved.tensors,
+        fold=fold,
         **kwargs,
     )
 
 
-def _gptq(
-    src: str | Path, recipe: Recipe, calibration: list[Path] | None, tokens: int, quiet: bool
-) -> dict[str, QuantizedTensor]:
-    """GPTQ results of the matrices whose plan says gptq (lowbit.eval.gptq);
-    none when no plan does, or when the model has no tokenizer for the text
-    (given --imatrix): their weighted search then, said once here and in
-    every entry."""
-    if not recipe.uses(GPTQ):
-        return {}
-    from lowbit.eval.gptq import solve
+def _layer_pass(
+    src: str | Path,
+    recipe: Recipe,
+    calibration: list[Path] | None,
+    tokens: int,
+    fold: str,
+    quiet: bool,
+) -> tuple[Solved, Fold | str | None]:
+    """The layer-by-layer pass (lowbit.eval.gptq) when the recipe uses GPTQ or
+    the fold is AWQ: (its GPTQ results, the fold for convert). Without a
+    tokenizer for the text (given --imatrix), GPTQ's matrices get their
+    weighted search and AWQ gives way to SINQ, said once here and in the
+    manifest."""
+    from lowbit.eval.gptq import Solved, solve
 
+    awq = fold == "awq"
+    if not recipe.uses(GPTQ) and not awq:
+        return Solved({}), _convert_fold(fold)
     try:
-        return solve(src, recipe, calibration, tokens)
+        solved = solve(src, recipe, calibration, tokens, awq=awq)
     except NoTokenizerError:
         if calibration:
             raise  # the user's own text cannot be read by this model
         if not quiet:
             print(
-                f"lowbit: {src}: no tokenizer to tokenize calibration text for GPTQ; "
-                "its matrices get the weighted search of their scheme",
+                f"lowbit: {src}: no tokenizer to tokenize calibration text for GPTQ and AWQ; "
+                "GPTQ's matrices get the weighted search of their scheme"
+                + (", and SINQ's scales replace AWQ's" if awq else ""),
                 file=sys.stderr,
             )
-        return {}
+        return Solved({}), "sinq" if awq else _convert_fold(fold)
+    return solved, solved.fold if awq else _convert_fold(fold)
 
 
 def _budget(

@@ -55,7 +55,14 @@ def weight_error(x: np.ndarray, x_hat: np.ndarray) -> WeightError:
     denom = float(np.sqrt(sig) * np.sqrt(b2))
     return WeightError(
         rel_error=float(np.sqrt(noise / sig)) if sig > 0 else float(noise > 0),
-        snr_db=float(10.0 * np.log10(sig / noise)) if noise > 0 else float("inf"),
+        # No noise: infinite; noise on a zero signal (a zero vector changed): -inf.
+        snr_db=(
+            float(10.0 * np.log10(sig / noise))
+            if noise > 0 and sig > 0
+            else float("inf")
+            if noise == 0
+            else float("-inf")
+        ),
         max_abs=max_abs,
         cosine=dot / denom if denom > 0 else 1.0,
         mse=noise / max(1, a_all.size),

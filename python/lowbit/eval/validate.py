@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.conversion.fold import FOLD_FILE, Fold, FoldError, read_fold
 from lowbit.eval.metrics import weight_error
 from lowbit.eval.text import (
     DEFAULT_CONTEXT,
@@ -37,6 +38,7 @@ from lowbit.formats.layout import stored_tensor
 from lowbit.formats.manifest import Manifest
 from lowbit.formats.manifest import read as read_manifest
 from lowbit.formats.safetensors import Checkpoint, CheckpointError, refuse_custom_code
+from lowbit.models.config import read_config
 from lowbit.models.tokenizer import TOKENIZER_FILE, Tokenizer, TokenizerError
 from lowbit.quant.schemes import get_scheme
 from lowbit.runtime.model import load
@@ -110,9 +112,27 @@ def validate(
 # ---------------------------------------------------------------- weights
 
 
+def saved_fold(model_dir: Path, manifest: Manifest) -> Fold | None:
+    """The input-channel scales folded into the model (lowbit.conversion.fold),
+    when its recipe says it has them."""
+    record = (manifest.document.get("recipe") or {}).get("fold")
+    if record is None:
+        return None
+    if not isinstance(record, dict) or record.get("file") != FOLD_FILE:
+        raise ValidationError(f"{model_dir}: manifest recipe.fold must name {FOLD_FILE}")
+    config = read_config(model_dir / "config.json")
+    shapes = {w.name: w.shape for w in manifest.weights}
+    try:
+        return read_fold(model_dir / FOLD_FILE, str(record.get("method")), shapes, config)
+    except FoldError as e:
+        raise ValidationError(str(e)) from None
+
+
 def weight_metrics(model_dir: Path, manifest: Manifest, base: Checkpoint) -> list[dict[str, Any]]:
-    """Per stored tensor: its error against the baseline's tensor of that name."""
+    """Per stored tensor: its error against the baseline's tensor of that name
+    (with any folded input-channel scales divided back out first)."""
     ck = Checkpoint(model_dir, files=[f.name for f in manifest.files])
+    fold = saved_fold(model_dir, manifest)
     out = []
     for w in manifest.weights:
         name = w.name
@@ -129,6 +149,8 @@ def weight_metrics(model_dir: Path, manifest: Manifest, base: Checkpoint) -> lis
             x_hat = stored_tensor(ck, w).dequantize().reshape(ref.shape)
         else:
             x_hat = ck.get(w.stored.values).astype(np.float32)
+        if fold is not None and name in fold:
+            x_hat = fold.undo(name, x_hat)
         err = weight_error(ref, x_hat)
         out.append(
             {
