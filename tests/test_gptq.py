@@ -184,6 +184,10 @@ def test_layer_by_layer_runs_equal_the_forward_pass(tiny_checkpoint, tmp_path, f
     core.forward_layers(y, 0, layers)
     np.testing.assert_array_equal(x, y)
     assert core.position == len(ids)
+    # The last layer's outputs give the forward pass's logits (final norm,
+    # lm_head, and gemma2's soft cap), as the measured gains use them.
+    core.rewind(0)
+    np.testing.assert_array_equal(core.logits(y), model.forward(ids))
 
 
 def test_forward_layers_refuses_bad_arguments(tiny_checkpoint, tmp_path):

@@ -110,7 +110,7 @@ def all_cases() -> list[tuple[str, str, str | None]]:
     add = cases.extend
     # --- module.cc
     add(size_cases("row_bytes.cols", "_core.row_bytes({v}, 4)", r"\bcols\b", ok=(2**31 - 1,)))
-    add(size_cases("row_bytes.bits", "_core.row_bytes(32, {v})", r"\bbits\b", values=(*BAD, 3)))
+    add(size_cases("row_bytes.bits", "_core.row_bytes(32, {v})", r"\bbits\b", values=(*BAD, 7)))
     quantize = "p = {p}(); p.{field} = {{v}}; _core.quantize(X, F32, p, 'w')"
     add(size_cases("QuantParams.bits", quantize.format(p="p8", field="bits"), r"\bbits\b"))
     add(size_cases("QuantParams.qmin", quantize.format(p="p4", field="qmin"), "qmin", ok=(0, -1)))
@@ -336,6 +336,12 @@ def all_cases() -> list[tuple[str, str, str | None]]:
                 r"\(n, 16\)",
             ),
             ("forward_layers not an array", "model().forward_layers([1.0], 0, 1)", "hidden"),
+            # The last layer's outputs to logits: read only, any n.
+            ("logits", layers.format(v="0, 1") + "; m.logits(x)", None),
+            ("logits none", "model().logits(np.zeros((0, 16), np.float32))", None),
+            ("logits float64", "model().logits(np.zeros((2, 16)))", "float32"),
+            ("logits wrong width", "model().logits(np.zeros((2, 8), np.float32))", r"\(n, 16\)"),
+            ("logits not an array", "model().logits([1.0])", "hidden"),
             (
                 "forward_layers past context",
                 "m = model(4); m.forward_layers(np.zeros((5, 16), np.float32), 0, 1)",

@@ -189,8 +189,9 @@ py::array_t<float> Embed(PyModel& m, const py::object& ids_arg) {
   return x;
 }
 
-void ForwardLayers(PyModel& m, const py::object& x_arg, const py::object& first,
-                   const py::object& last) {
+// x_arg as hidden states of this model: a C-contiguous float32 array
+// [n, hidden], writeable when `writeable`; TypeError or ValueError otherwise.
+py::array HiddenArg(const PyModel& m, const py::object& x_arg, bool writeable) {
   const size_t hidden = m.model->config().hidden;
   if (!py::isinstance<py::array>(x_arg)) {
     throw py::type_error("hidden states: expected a float32 array, got " +
@@ -199,11 +200,29 @@ void ForwardLayers(PyModel& m, const py::object& x_arg, const py::object& first,
   auto x = py::cast<py::array>(x_arg);
   if (x.dtype().kind() != 'f' || x.itemsize() != sizeof(float) ||
       x.ndim() != 2 || static_cast<size_t>(x.shape(1)) != hidden ||
-      !(x.flags() & py::array::c_style) || !x.writeable()) {
-    throw py::value_error(
-        "hidden states: expected a writeable C-contiguous float32 array of "
-        "shape (n, " + std::to_string(hidden) + ")");
+      !(x.flags() & py::array::c_style) || (writeable && !x.writeable())) {
+    throw py::value_error(std::string("hidden states: expected a ") +
+                          (writeable ? "writeable " : "") +
+                          "C-contiguous float32 array of shape (n, " +
+                          std::to_string(hidden) + ")");
   }
+  return x;
+}
+
+py::array_t<float> Logits(PyModel& m, const py::object& x_arg) {
+  const py::array x = HiddenArg(m, x_arg, false);
+  const size_t n = x.shape(0);
+  py::array_t<float> logits({n, m.model->config().vocab});
+  const float* in = static_cast<const float*>(x.data());
+  float* out = logits.mutable_data();
+  py::gil_scoped_release release;
+  m.model->Logits(in, n, out);
+  return logits;
+}
+
+void ForwardLayers(PyModel& m, const py::object& x_arg, const py::object& first,
+                   const py::object& last) {
+  py::array x = HiddenArg(m, x_arg, true);
   const size_t n = x.shape(0);
   const size_t l0 = SizeArg(first, "first layer");
   const size_t l1 = SizeArg(last, "last layer");
@@ -336,6 +355,9 @@ void BindModel(py::module_& m) {
            "Run hidden states x (float32 [n, hidden], changed in place) "
            "through layers [first, last) after the cached positions, then "
            "advance the position by n.")
+      .def("logits", &Logits, "x"_a,
+           "The logits (float32 [n, vocab]) of the last layer's outputs x "
+           "(float32 [n, hidden]): final norm, lm_head, soft cap.")
       .def("collect_input_stats",
            [](PyModel& m, bool on, bool gram) {
              if (on) {

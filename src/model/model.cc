@@ -345,12 +345,24 @@ void Model::ForwardChunk(const int32_t* ids, size_t n, float* logits,
   position_ += n;
   if (logits == nullptr) return;
   const size_t first = all_logits ? 0 : n - 1;
-  const size_t rows = n - first;
-  RmsNorm(x + first * c.hidden, final_norm_->data(), rows, c.hidden, c.rms_eps,
-          s.h.data());
-  Record(-1, Tensor::kLmHead, -1, s.h.data(), rows, c.hidden);
-  MatMul(lm_head_, s.h.data(), rows, logits);
-  if (c.final_softcap != 0.0f) SoftCap(logits, rows * c.vocab, c.final_softcap);
+  ChunkLogits(x + first * c.hidden, n - first, logits, s);
+}
+
+void Model::Logits(const float* x, size_t n, float* logits) {
+  const ModelConfig& c = config_;
+  for (size_t start = 0; start < n; start += kChunk) {
+    const size_t m = std::min(kChunk, n - start);
+    ChunkLogits(x + start * c.hidden, m, logits + start * c.vocab,
+                ReserveScratch(m));
+  }
+}
+
+void Model::ChunkLogits(const float* x, size_t n, float* logits, Scratch& s) {
+  const ModelConfig& c = config_;
+  RmsNorm(x, final_norm_->data(), n, c.hidden, c.rms_eps, s.h.data());
+  Record(-1, Tensor::kLmHead, -1, s.h.data(), n, c.hidden);
+  MatMul(lm_head_, s.h.data(), n, logits);
+  if (c.final_softcap != 0.0f) SoftCap(logits, n * c.vocab, c.final_softcap);
 }
 
 void Model::AttentionBlock(size_t l, size_t n, float* x, Scratch& s) {

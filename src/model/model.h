@@ -70,10 +70,13 @@ class Model {
   // embeddings of ids[0, n) into x [n, hidden]; ForwardLayers runs x through
   // layers [first, last) in place at positions position() ..
   // position() + n - 1, caching those layers' keys and values, and then
-  // advances position() by n. Forward(ids) is Embed, ForwardLayers over all
-  // layers, and the final norm and lm_head. Errors as for Forward.
+  // advances position() by n; Logits writes the logits [n, vocab] of the
+  // last layer's outputs x [n, hidden] (final norm, lm_head, soft cap).
+  // Forward(ids) is Embed, ForwardLayers over all layers, and Logits. Errors
+  // as for Forward.
   void Embed(const int32_t* ids, size_t n, float* x) const;
   void ForwardLayers(float* x, size_t n, size_t first, size_t last);
+  void Logits(const float* x, size_t n, float* logits);
 
   size_t position() const { return position_; }
   size_t context() const { return cache_->context(); }
@@ -91,6 +94,8 @@ class Model {
 
   void ForwardChunk(const int32_t* ids, size_t n, float* logits,
                     bool all_logits);
+  // Logits of x [n, hidden], n <= kChunk, with s.h as the normed rows.
+  void ChunkLogits(const float* x, size_t n, float* logits, Scratch& s);
   // Checks that ids[0, n) fit the vocabulary and n tokens the context.
   void CheckTokens(const int32_t* ids, size_t n) const;
   void CheckRoom(size_t n) const;
