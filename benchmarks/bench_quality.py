@@ -7,7 +7,7 @@ license texts. Writes benchmarks/results/quality-<model>.json.
 
     python benchmarks/bench_quality.py [--models smollm2-135m,gemma3-270m]
                                        [--cases NAME,...] [--llama-cpp TYPE[+imatrix],...]
-                                       [--tokens 8192]
+                                       [--budgets BPW,...] [--tokens 8192]
 
 llama.cpp's models go through its own pipeline: convert_hf_to_gguf.py makes a
 float32 GGUF of the same float checkpoint, llama-imatrix runs it over the same
@@ -31,13 +31,15 @@ embedding Q8_0; Gemma 3 270M's are Q5_0, Q4_K, Q6_K and Q8_0.
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ensure_bench_models, write_json
+from common import RESULTS, ensure_bench_models, write_json
 
 LLAMA_CPP = (
     "Q4_K_M",
@@ -139,7 +141,7 @@ def matched_rows(src: Path, tmp: Path, rows: list[dict], **validate_options: obj
 
 
 def main() -> None:
-    from lowbit.eval.quality import CASES, run_case
+    from lowbit.eval.quality import CASES, Case, run_case
     from lowbit.sources.default_model import REAL_MODELS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -147,6 +149,12 @@ def main() -> None:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--llama-cpp", default=",".join(LLAMA_CPP), help="'' for none")
     ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument(
+        "--budgets",
+        default="",
+        help="bits per weight over all matrices, comma-separated: "
+        "a --target-bpw row each (e.g. a llama.cpp type's size)",
+    )
     args = ap.parse_args()
     ensure_bench_models()
     for model in args.models.split(","):
@@ -156,8 +164,13 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
-            for name in filter(None, args.cases.split(",")):
-                rows.append(run_case(CASES[name], src, Path(tmp), max_tokens=args.tokens))
+            cases = [CASES[name] for name in filter(None, args.cases.split(","))]
+            cases += [
+                Case(f"--target-bpw {b}", "q4", method="whqq", target_bpw=float(b))
+                for b in filter(None, args.budgets.split(","))
+            ]
+            for case in cases:
+                rows.append(run_case(case, src, Path(tmp), max_tokens=args.tokens))
                 print_row(rows[-1])
             peers = [c for c in args.llama_cpp.split(",") if c]
             for row in llama_cpp_rows(src, Path(tmp), peers, max_tokens=args.tokens):
@@ -166,8 +179,30 @@ def main() -> None:
             for row in matched_rows(src, Path(tmp), rows, max_tokens=args.tokens):
                 rows.append(row)
                 print_row(row)
-        payload = {"model": str(src), "grids": GRIDS[model], "tokens": args.tokens, "rows": rows}
-        print(f"wrote {write_json(f'quality-{model}.json', payload)}")
+        name = f"quality-{model}.json"
+        payload = {
+            "model": str(src),
+            "grids": GRIDS[model],
+            "tokens": args.tokens,
+            "rows": _merged(RESULTS / name, args.tokens, rows),
+        }
+        print(f"wrote {write_json(name, payload)}")
+
+
+def _merged(path: Path, tokens: int, rows: list[dict]) -> list[dict]:
+    """The rows of an earlier run on as many tokens, each replaced by this
+    run's row of the same case, then this run's new rows: a run of a few
+    cases adds to the table instead of replacing it. Each row has its date."""
+    today = datetime.date.today().isoformat()
+    for r in rows:
+        r["measured"] = today
+    by_case: dict[str, dict] = {}
+    if path.is_file():
+        earlier = json.loads(path.read_text())
+        if earlier.get("tokens") == tokens:
+            by_case = {r["case"]: r for r in earlier["rows"]}
+    by_case.update({r["case"]: r for r in rows})
+    return list(by_case.values())
 
 
 if __name__ == "__main__":

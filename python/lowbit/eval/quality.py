@@ -30,6 +30,7 @@ class Case:
     gguf: tuple[str, str] | None = None  # (linear type, embedding type)
     target_bpw: float | None = None  # lowbit convert --target-bpw
     max_kld: float | None = None  # lowbit convert --max-kld
+    fold: str | None = None  # lowbit convert --fold (None: the preset's)
 
 
 def _with(scheme: str, method: str) -> tuple[str, ...]:
@@ -43,7 +44,10 @@ CASES: dict[str, Case] = {
         Case("q8 mse", "q8", (r".*\.weight=int8:32:mse",), "mse"),
         Case("int8 per row", "q8", (r".*\.weight=int8:row",)),
         Case("GGUF Q8_0", gguf=("Q8_0", "Q8_0")),
-        Case("q4 (uint4 g64 whqq)", "q4", method="whqq"),
+        Case("q4 (uint4 g64 gptq)", "q4", method="gptq"),
+        Case("uint4 g64 whqq", "q4", _with("uint4:64", "whqq"), "whqq"),
+        Case("uint4 g64 gptq + awq", "q4", method="gptq + awq", fold="awq"),
+        Case("uint4 g64 hqq + sinq", "q4-nocal", method="hqq + sinq", fold="sinq"),
         Case("q4-nocal (uint4 g64 hqq)", "q4-nocal", method="hqq"),
         Case("q4-int4 (int4 g32)", "q4-int4"),
         Case("q5 (budget 5.5 bpw)", "q5", method="whqq"),
@@ -52,8 +56,12 @@ CASES: dict[str, Case] = {
         Case("uint4 g64 rtn", "q4", _with("uint4:64", "rtn")),
         Case("uint4 g64 mse", "q4", _with("uint4:64", "mse"), "mse"),
         Case("uint4 g64 wmse", "q4", _with("uint4:64", "wmse"), "wmse"),
-        Case("uint4 g64 gptq", "q4", _with("uint4:64", "gptq"), "gptq"),
         Case("int4 g32 gptq", "q4", _with("int4:32", "gptq"), "gptq"),
+        Case("uint3 g64 gptq", "q4", _with("uint3:64", "gptq"), "gptq"),
+        Case("uint3 g64 whqq", "q4", _with("uint3:64", "whqq"), "whqq"),
+        Case("uint5 g64 gptq", "q6", _with("uint5:64", "gptq"), "gptq"),
+        Case("q6 (uint6 g64 gptq)", "q6", method="gptq"),
+        Case("uint2 g32 gptq", "q2", _with("uint2:32", "gptq"), "gptq"),
         Case("GGUF Q4_0", gguf=("Q4_0", "Q8_0")),
         Case("uint2 g32 rtn", "q2", _with("uint2:32", "rtn")),
         Case("uint2 g32 mse", "q2", _with("uint2:32", "mse"), "mse"),
@@ -105,6 +113,7 @@ def run_case(
         imatrix=saved if saved.is_file() else None,
         target_bpw=case.target_bpw,
         max_kld=case.max_kld,
+        fold=case.fold,
         force=True,
         progress=False,
         quiet=True,
