@@ -3,9 +3,10 @@
 Its full source is vendored in the ``llama-cpp-python`` sdist on PyPI (the one
 place this machine can get it from). ``ensure_built`` downloads that sdist once,
 unpacks ``vendor/llama.cpp`` into the cache and builds the tools the benchmarks
-run (llama-quantize, llama-imatrix, llama-bench, llama-perplexity) with
-``GGML_NATIVE``, in a build directory named after the CPU: the machine kind
-changes between sessions, and a binary tuned for one may not run on the other.
+run (llama-quantize, llama-imatrix, llama-bench, llama-perplexity,
+llama-completion) with ``GGML_NATIVE``, in a build directory named after the
+CPU: the machine kind changes between sessions, and a binary tuned for one may
+not run on the other.
 
     python benchmarks/llama_cpp_tools.py   # build (about 10 minutes on 2 cores), print paths
 
@@ -26,7 +27,13 @@ from pathlib import Path
 
 SDIST = "llama-cpp-python==0.3.36"
 VERSION = SDIST.split("==")[1]
-TOOLS = ("llama-quantize", "llama-imatrix", "llama-bench", "llama-perplexity")
+TOOLS = (
+    "llama-quantize",
+    "llama-imatrix",
+    "llama-bench",
+    "llama-perplexity",
+    "llama-completion",
+)
 # Everything in the GGUF that is not a linear layer of a block.
 EMBEDDING_TENSORS = ("token_embd.weight", "output.weight")
 

@@ -15,6 +15,7 @@ from lowbit._version import __version__
 
 if TYPE_CHECKING:
     from lowbit.eval.calibration import convert_calibrated as convert
+    from lowbit.exports import export
     from lowbit.moe.upcycle import upcycle
     from lowbit.quant.quantize import QuantizedTensor, quantize
     from lowbit.quant.schemes import schemes
@@ -30,6 +31,7 @@ _PUBLIC: dict[str, str | tuple[str, str]] = {
     # convert with the calibration statistics its recipe needs (q4's whqq)
     "convert": ("lowbit.eval.calibration", "convert_calibrated"),
     "download": "lowbit.sources.hub",
+    "export": ("lowbit.exports", "export"),
     "load": "lowbit.runtime.model",
     "quantize": "lowbit.quant.quantize",
     "schemes": "lowbit.quant.schemes",
@@ -81,6 +83,7 @@ __all__ = [
     "__version__",
     "convert",
     "download",
+    "export",
     "load",
     "num_threads",
     "quantize",

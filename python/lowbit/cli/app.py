@@ -27,6 +27,7 @@ COMMANDS = {
     "convert": "convert a HuggingFace checkpoint into a model directory",
     "inspect": "check a model directory and report what is in it",
     "validate": "measure what quantization cost, against PyTorch",
+    "export": "write a model directory as GGUF or a float HuggingFace checkpoint",
     "upcycle": "turn a dense checkpoint into a Mixture-of-Experts one",
     "generate": "generate text with a converted model",
     "bench": "prompt processing and generation speed (llama-bench style)",

@@ -19,15 +19,16 @@ from lowbit.formats.safetensors import Checkpoint, StreamingWriter, TensorSpec
 from lowbit.util.outdir import copy_side_files, writing
 
 
-def write_dequantized(model_dir: str | Path, out: str | Path) -> Path:
-    """Write ``model_dir``'s weights as float32 safetensors into ``out``."""
+def write_dequantized(model_dir: str | Path, out: str | Path, *, force: bool = True) -> Path:
+    """Write ``model_dir``'s weights as float32 safetensors into ``out``
+    (``force``: replace an existing ``out`` directory)."""
     src = Path(model_dir)
     out = Path(out)
     manifest = read_manifest(src)
     ck = Checkpoint(src, files=[f.name for f in manifest.files])
     weights = manifest.weights
     specs = [TensorSpec(w.name, np.dtype(np.float32), w.shape) for w in weights]
-    with writing(out, force=True) as partial:
+    with writing(out, force=force) as partial:
         with StreamingWriter(partial / "model.safetensors", specs, {"format": "pt"}) as writer:
             for w in weights:
                 values = stored_tensor(ck, w).dequantize() if len(w.shape) > 1 else None

@@ -42,3 +42,6 @@ class Family:
     moe: bool = False
     upcycles_to: str | None = None
     moe_layout: MoeLayout | None = None
+    gguf_arch: str | None = None
+    gguf_permutes_qk: bool = False
+    gguf_sliding_period: int | None = None

@@ -18,6 +18,10 @@ written for PyTorch):
 ``--force`` replaces a directory only: OUT as a regular file or a symlink is
 refused (never followed), so a mistyped OUT cannot delete a file or the
 contents of whatever a link points at.
+
+``with writing_file(OUT, force=...) as partial:`` is the same for an output
+that is one file (a GGUF export): ``OUT.partial`` is a file, renamed over OUT
+in one step, and ``--force`` replaces a regular file only.
 """
 
 from __future__ import annotations
@@ -204,4 +208,45 @@ def writing(out: str | os.PathLike[str], *, force: bool = False) -> Iterator[Pat
             raise named from e
         except BaseException:
             _recover(out)
+            raise
+
+
+def check_file_target(out: Path, force: bool) -> None:
+    """As ``check_target``, for an output that is one regular file."""
+    if out.is_symlink():
+        raise OutputError(
+            f"{out}: is a symbolic link; lowbit does not write through or replace links "
+            "(remove it or choose another output path)"
+        )
+    if out.exists() and not out.is_file():
+        raise OutputError(
+            f"{out}: exists and is not a regular file; --force replaces only a file "
+            "(remove it or choose another output path)"
+        )
+    if out.exists() and not force:
+        raise OutputError(f"{out} already exists; pass --force to replace it")
+
+
+@contextlib.contextmanager
+def writing_file(out: str | os.PathLike[str], *, force: bool = False) -> Iterator[Path]:
+    """Lock ``out``, delete a killed run's ``OUT.partial``, and yield that path
+    for the caller to write; renamed over ``out`` (one atomic step) when the
+    block completes, deleted if it raises."""
+    out = Path(out)
+    check_file_target(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with locked(out):
+        partial = _sibling(out, ".partial")
+        _remove(partial)
+        try:
+            yield partial
+            os.replace(partial, out)
+        except OSError as e:
+            _remove(partial)
+            named = _named(e, partial)
+            if named is e:
+                raise
+            raise named from e
+        except BaseException:
+            _remove(partial)
             raise

@@ -26,6 +26,13 @@ to ``tests/tiny_models.FAMILIES``, so that every test runs it. The fields:
   router and experts have (``MoeLayout``), which ``lowbit upcycle`` writes.
 - ``upcycles_to``: for a dense family, the name of the MoE family it upcycles
   into (its ``moe_layout`` is used), or None.
+- ``gguf_arch``: llama.cpp's architecture name for it (GGUF export);
+  ``gguf_permutes_qk``: llama.cpp's rope for it pairs dimensions (i, i + 1)
+  instead of (i, i + d / 2), so q and k rows are interleaved per head on
+  export (the llama architecture); ``gguf_sliding_period``: llama.cpp fixes
+  which layers use sliding-window attention (every layer but each period-th),
+  with no key in the file, so a model with other layer types cannot be
+  exported (Gemma 2: 2, Gemma 3: 6).
 
 Tensor names come from the one vocabulary in ``lowbit.models.tensors``; a
 family whose checkpoints use names it does not list needs rows there too

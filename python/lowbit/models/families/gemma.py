@@ -3,5 +3,11 @@
 from lowbit.models.family import Family
 
 FAMILY = Family(
-    "gemma", "GemmaForCausalLM", "gemma", norm_plus_one=True, embed_scale=True, gelu_is_tanh=True
+    "gemma",
+    "GemmaForCausalLM",
+    "gemma",
+    norm_plus_one=True,
+    embed_scale=True,
+    gelu_is_tanh=True,
+    gguf_arch="gemma",
 )

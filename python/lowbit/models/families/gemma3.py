@@ -12,4 +12,6 @@ FAMILY = Family(
     post_norms=True,
     query_pre_attn_scalar=True,
     gelu_is_tanh=True,
+    gguf_arch="gemma3",
+    gguf_sliding_period=6,
 )

@@ -2,4 +2,11 @@
 
 from lowbit.models.family import Family
 
-FAMILY = Family("llama", "LlamaForCausalLM", "llama", upcycles_to="mixtral")
+FAMILY = Family(
+    "llama",
+    "LlamaForCausalLM",
+    "llama",
+    upcycles_to="mixtral",
+    gguf_arch="llama",
+    gguf_permutes_qk=True,
+)

@@ -17,4 +17,6 @@ FAMILY = Family(
         ("w1", "w3", "w2"),
         attention_bias=False,
     ),
+    gguf_arch="llama",
+    gguf_permutes_qk=True,
 )

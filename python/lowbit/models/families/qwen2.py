@@ -2,4 +2,10 @@
 
 from lowbit.models.family import Family
 
-FAMILY = Family("qwen2", "Qwen2ForCausalLM", "qwen2", upcycles_to="qwen2_moe")
+FAMILY = Family(
+    "qwen2",
+    "Qwen2ForCausalLM",
+    "qwen2",
+    upcycles_to="qwen2_moe",
+    gguf_arch="qwen2",
+)

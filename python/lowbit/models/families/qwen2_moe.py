@@ -17,4 +17,5 @@ FAMILY = Family(
         shared_expert=tensors.SHARED_EXPERT,
         shared_expert_gate=tensors.SHARED_EXPERT_GATE,
     ),
+    gguf_arch="qwen2moe",
 )

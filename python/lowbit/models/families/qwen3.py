@@ -2,4 +2,10 @@
 
 from lowbit.models.family import Family
 
-FAMILY = Family("qwen3", "Qwen3ForCausalLM", "qwen3", upcycles_to="qwen3_moe")
+FAMILY = Family(
+    "qwen3",
+    "Qwen3ForCausalLM",
+    "qwen3",
+    upcycles_to="qwen3_moe",
+    gguf_arch="qwen3",
+)

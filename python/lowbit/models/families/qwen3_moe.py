@@ -14,4 +14,5 @@ FAMILY = Family(
         tensors.QWEN_MOE_EXPERT,
         ("gate_proj", "up_proj", "down_proj"),
     ),
+    gguf_arch="qwen3moe",
 )
