@@ -185,3 +185,21 @@ def test_a_budget_does_not_fold(tiny_checkpoint, tmp_path):
     assert _convert_fold("sinq") == "sinq"
     with pytest.raises(ValueError, match="unknown fold 'awk'"):
         convert_calibrated(tiny_checkpoint("llama"), tmp_path / "x", "q4", fold="awk")
+
+
+def test_awq_skips_scales_whose_groups_leave_float16():
+    """Gemma's activations span six orders of magnitude: at the grid's large
+    exponents W diag(s) has groups whose scale or zero point float16 cannot
+    hold. Such scales are no candidate (infinite error), not a crash."""
+    from lowbit.eval.gptq import _output_error
+    from lowbit.quant.recipes import Recipe
+
+    plan = Recipe.from_args("q4").plan("model.layers.0.mlp.up_proj.weight", (8, 64))
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    h = np.eye(64)
+    fine = _output_error(plan, w, h, np.ones(64))
+    assert 0.0 < fine < np.inf
+    huge = np.ones(64)
+    huge[:32] = 1e6  # scaled weights near 1e6: a group scale past 65504
+    assert _output_error(plan, w, h, huge) == np.inf

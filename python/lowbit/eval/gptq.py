@@ -220,7 +220,14 @@ def _output_error(plan: TensorPlan, w: np.ndarray, h: np.ndarray, s: np.ndarray)
     method = "whqq" if scheme.asymmetric else "wmse"
     importance = (np.diag(h) / (s * s)).astype(np.float32)
     scaled = np.ascontiguousarray(w * s[None, :], np.float32)
-    qt = quantize(scaled, c.scheme, c.group_size, method, name=plan.name, importance=importance)
+    try:
+        qt = quantize(scaled, c.scheme, c.group_size, method, name=plan.name, importance=importance)
+    except ValueError as e:
+        # Gemma's activations span 1e6: at large a some group's scale or zero
+        # point leaves float16's range. That a is not a candidate.
+        if "overflows float16" in str(e):
+            return float("inf")
+        raise
     # float32 products (half the time of float64; the trials' errors differ
     # by far more than its rounding), summed in float64.
     d = w - qt.dequantize() / s[None, :]
