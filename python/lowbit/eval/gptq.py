@@ -195,12 +195,11 @@ def _fold_awq(
             readers.append((plan, stored.get_float(name).astype(np.float32)))
     if not readers:
         return
-    h32 = h.astype(np.float32)
     best, best_err = np.ones_like(act), np.inf
     for a in AWQ_GRID:
         s = site.tied(act**a)
         s = s / np.sqrt(s.max() * s.min())
-        err = sum(_output_error(plan, w, h32, s) for plan, w in readers)
+        err = sum(_output_error(plan, w, h, s) for plan, w in readers)
         if err < best_err:
             best, best_err = s, err
     for name in site.tensors:
@@ -228,10 +227,11 @@ def _output_error(plan: TensorPlan, w: np.ndarray, h: np.ndarray, s: np.ndarray)
         if "overflows float16" in str(e):
             return float("inf")
         raise
-    # float32 products (half the time of float64; the trials' errors differ
-    # by far more than its rounding), summed in float64.
-    d = w - qt.dequantize() / s[None, :]
-    return float(np.einsum("ij,ij->", d @ h, d, dtype=np.float64))
+    # float64: Gemma's X^T X spans twelve orders of magnitude; with float32
+    # products AWQ + GPTQ measured a KLD of 0.24 on Gemma 3 270M, with float64
+    # 0.19 (8192 tokens).
+    d = (w - qt.dequantize() / s[None, :]).astype(np.float64)
+    return float(((d @ h) * d).sum())
 
 
 def _run_layer(model: object, hidden: list[np.ndarray], layer: int) -> None:
