@@ -15,7 +15,7 @@ tests):
   figure over every position of its 1024 tokens;
 - ``llama-completion`` greedy, 16 tokens, against ``lowbit generate``'s.
 
-    python benchmarks/bench_export.py [--presets q8,q4] [--chunks 8]
+    python benchmarks/bench_export.py [--presets q8,q4-int4,q4] [--chunks 8]
 
 Writes benchmarks/results/export.json.
 """
@@ -33,9 +33,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json
-from llama_cpp_tools import ensure_built, to_gguf
+from llama_cpp_tools import ensure_built, quantize, to_gguf
 
 CONTEXT = 512
+# The llama.cpp type each preset's export matches, for llama.cpp's own file of
+# it next to lowbit's: llama.cpp's Q8_0 and Q4_0 kernels quantize the
+# activations to 8 bits too, so its KLD against its F32 is its kernels' as
+# much as the weights'; its own file of the same type shows that share.
+PEER_TYPES = {"q8": "Q8_0", "q4-int4": "Q4_0"}
 PROMPT = "The three most important things about the GNU General Public License are"
 
 
@@ -146,7 +151,7 @@ def main() -> None:
     from lowbit.sources.default_model import default_model_path
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--presets", default="q8,q4")
+    ap.add_argument("--presets", default="q8,q4-int4,q4")
     ap.add_argument("--chunks", type=int, default=8, help="windows of 512 tokens")
     args = ap.parse_args()
     bin_dir = ensure_built()
@@ -172,12 +177,18 @@ def main() -> None:
             peer = _llama_kld(bin_dir, gguf_file, text, base, args.chunks)
             ours = _lowbit_kld_second_halves(out, f32_dir, ids)
             report = validate(out, src)
+            if preset in PEER_TYPES:
+                own = quantize(f32_gguf, tmp / f"own-{preset}.gguf", PEER_TYPES[preset])
+                row_own = _llama_kld(bin_dir, own, text, base, args.chunks)
+            else:
+                row_own = None
             llama_text = _greedy_llama(bin_dir, gguf_file, 16)
             our_text = lowbit.load(out).generate(PROMPT, 16, stop_at_eos=False).text or ""
             row = {
                 "preset": preset,
                 "types": exported.types,
                 "llama_cpp_kld": peer,
+                "llama_cpp_own_type_kld": row_own,
                 "lowbit_kld_same_positions": ours,
                 "lowbit_validate_kld": report.model["kld_mean"],
                 "greedy_same": llama_text.strip().startswith(our_text.strip()),
@@ -187,8 +198,11 @@ def main() -> None:
             rows.append(row)
             print(
                 f"{preset}: llama.cpp KLD {peer['kld_mean']:.5f} ± {peer['kld_se']:.5f} "
-                f"(same top {peer['same_top']:.1%}); lowbit on the same positions "
-                f"{ours:.5f}; lowbit validate {report.model['kld_mean']:.5f}; greedy 16 "
+                f"(same top {peer['same_top']:.1%}); llama.cpp's own "
+                f"{PEER_TYPES.get(preset, '-')}: "
+                f"{row_own['kld_mean'] if row_own else float('nan'):.5f}; "
+                f"lowbit on the same positions {ours:.5f}; "
+                f"lowbit validate {report.model['kld_mean']:.5f}; greedy 16 "
                 f"tokens {'equal' if row['greedy_same'] else 'DIFFER'}",
                 flush=True,
             )
