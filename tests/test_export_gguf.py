@@ -218,3 +218,11 @@ def test_the_default_models_q4_runs_in_transformers_from_its_gguf(reference_budg
         theirs = hf(torch.tensor([ids])).logits[0].numpy()
     ours = lowbit.load(q4).forward(np.array(ids, np.int32))
     assert np.linalg.norm(theirs - ours) / np.linalg.norm(ours) < 0.005
+
+
+def test_loading_a_huggingface_checkpoint_says_to_convert_it(tiny_checkpoint):
+    from lowbit.formats.manifest import ManifestError
+
+    src = tiny_checkpoint("llama")
+    with pytest.raises(ManifestError, match=r"HuggingFace checkpoint.*run `lowbit convert"):
+        lowbit.load(src)

@@ -301,6 +301,11 @@ def read(model_dir: str | Path) -> Manifest:
     try:
         manifest = json.loads(path.read_text(), parse_constant=_no_constant)
     except FileNotFoundError:
+        if (Path(model_dir) / "config.json").is_file():
+            raise ManifestError(
+                f"{path}: missing; {model_dir} looks like a HuggingFace checkpoint "
+                f"(config.json, no manifest.json): run `lowbit convert {model_dir} OUT` first"
+            ) from None
         raise ManifestError(f"{path}: missing; is {model_dir} a lowbit model directory?") from None
     except (OSError, ValueError, RecursionError) as e:
         raise ManifestError(f"{path}: unreadable ({e})") from None
