@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("formats",),
     ("sources",),
     ("conversion", "runtime"),
-    ("eval",),
+    ("eval", "exports"),
     ("moe",),
     ("cli",),
     ("__init__", "__main__", "testing"),

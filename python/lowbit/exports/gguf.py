@@ -40,7 +40,8 @@ from lowbit.formats.safetensors import Checkpoint
 from lowbit.models.config import read_config
 from lowbit.models.families import family_of
 from lowbit.models.rope import rope_parameters
-from lowbit.quant.quantize import QuantizedTensor
+from lowbit.quant.quantize import QuantizedTensor, quantize
+from lowbit.runtime.config import layer_types
 from lowbit.util.errors import LowbitError
 from lowbit.util.outdir import writing_file
 
@@ -191,8 +192,6 @@ def _check_layer_types(src: Path, config: dict[str, Any], family: Any) -> None:
     period = family.gguf_sliding_period
     if period is None:
         return
-    from lowbit.runtime.config import layer_types
-
     ours = layer_types(config)
     fixed = [
         "full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(len(ours))
@@ -227,10 +226,8 @@ def _tensor_data(
         if t.name == "BF16":
             data = data.view(np.uint16)
     elif _gguf_type(w) is None:
-        import lowbit
-
         x = qt.dequantize()
-        qt = lowbit.quantize(x, "int8", group_size=BLOCK, name=w.name)
+        qt = quantize(x, "int8", group_size=BLOCK, name=w.name)
         err = qt.relative_error(x, w.name)
         data = t.encode(qt)
     else:
