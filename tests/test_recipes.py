@@ -113,7 +113,8 @@ def test_bad_rules(rule, message):
 def test_unknown_preset_lists_them():
     with pytest.raises(
         ValueError,
-        match="unknown preset 'q3'; presets: f32, f16, bf16, q8, q4, q4-nocal, q4-int4, q5, q6, moe-q4",
+        match="unknown preset 'q3'; presets: f32, f16, bf16, q8, q4, q4-nocal, q4-int4, q5, q6, "
+        "moe-q4",
     ):
         Recipe.from_args("q3")
     assert {"bits1", "bits2", "bits4", "bits8", "ternary", "q2"} <= set(PRESETS)

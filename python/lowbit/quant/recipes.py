@@ -84,9 +84,9 @@ PRESETS: dict[str, Preset] = {
         # tokens of the license texts (benchmarks/bench_quality.py), SmolLM2-135M /
         # Gemma 3 270M: uint4 g64 gptq 0.118 / 0.200; whqq (weighted hqq) 0.122 /
         # 0.298; uncalibrated hqq 0.273 / 0.634; int4 g32 rtn 0.351 (GGUF Q4_0
-        # 0.349 / 0.796). AWQ's scales before GPTQ (--fold awq) gave 0.110 / 0.186
-        # but cost 50 s more on SmolLM2 and push six of its matrices past the
-        # default 10% weight error: not the default. Calibrated: conversion runs
+        # 0.349 / 0.796). AWQ's scales before GPTQ (--fold awq) measure 0.119 /
+        # 0.243, no better, cost 50 s more on SmolLM2 and push six of its
+        # matrices past the default 10% weight error: not the default. Calibrated: conversion runs
         # the float model over the calibration text first (lowbit.eval.calibration,
         # lowbit.eval.gptq).
         Preset(
