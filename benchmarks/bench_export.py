@@ -44,29 +44,20 @@ PEER_TYPES = {"q8": "Q8_0", "q4-int4": "Q4_0"}
 PROMPT = "The three most important things about the GNU General Public License are"
 
 
+def _perplexity(
+    bin_dir: Path, model: Path, text: Path, base: Path, chunks: int, *extra: str
+) -> str:
+    """llama-perplexity over ``chunks`` windows of ``text``, with ``base`` as
+    its saved logits file; what it printed."""
+    cmd = [str(bin_dir / "llama-perplexity"), "-m", str(model), "-f", str(text)]
+    cmd += ["-c", str(CONTEXT), "--chunks", str(chunks), "--kl-divergence-base", str(base)]
+    cmd += [*extra, "-t", "2"]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
 def _llama_kld(bin_dir: Path, model: Path, text: Path, base: Path, chunks: int) -> dict:
     """llama-perplexity's KLD of ``model`` against the logits saved in ``base``."""
-    out = subprocess.run(
-        [
-            str(bin_dir / "llama-perplexity"),
-            "-m",
-            str(model),
-            "-f",
-            str(text),
-            "-c",
-            str(CONTEXT),
-            "--chunks",
-            str(chunks),
-            "--kl-divergence-base",
-            str(base),
-            "--kl-divergence",
-            "-t",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = _perplexity(bin_dir, model, text, base, chunks, "--kl-divergence")
     kld = re.search(r"Mean\s+KLD:\s+([-\d.]+)\s+±\s+([\d.]+)", out)
     same = re.search(r"Same top p:\s+([\d.]+)\s+±\s+([\d.]+)", out)
     if kld is None or same is None:
@@ -76,28 +67,6 @@ def _llama_kld(bin_dir: Path, model: Path, text: Path, base: Path, chunks: int) 
         "kld_se": float(kld.group(2)),
         "same_top": float(same.group(1)) / 100,
     }
-
-
-def _save_base(bin_dir: Path, f32: Path, text: Path, base: Path, chunks: int) -> None:
-    subprocess.run(
-        [
-            str(bin_dir / "llama-perplexity"),
-            "-m",
-            str(f32),
-            "-f",
-            str(text),
-            "-c",
-            str(CONTEXT),
-            "--chunks",
-            str(chunks),
-            "--kl-divergence-base",
-            str(base),
-            "-t",
-            "2",
-        ],
-        capture_output=True,
-        check=True,
-    )
 
 
 def _lowbit_kld_second_halves(model_dir: Path, f32_dir: Path, ids: np.ndarray) -> float:
@@ -163,7 +132,7 @@ def main() -> None:
         text.write_text(read_text(default_text_files()))
         f32_gguf = to_gguf(src, tmp / "f32.gguf")
         base = tmp / "base.kld"
-        _save_base(bin_dir, f32_gguf, text, base, args.chunks)
+        _perplexity(bin_dir, f32_gguf, text, base, args.chunks)  # saves the F32 logits
         f32_dir = tmp / "f32"
         lowbit.convert(src, f32_dir, preset="f32", progress=False)
         tok = lowbit.load(f32_dir).tokenizer

@@ -158,7 +158,7 @@ def export_gguf(
         plans.append((w, gname, t))
         counts[t.name] = counts.get(t.name, 0) + 1
     writer = gguf.GGUFWriter(None, family.gguf_arch)
-    _metadata(writer, gguf, config, family, src, plans)
+    _metadata(writer, gguf, config, family, src, counts)
     _vocabulary(writer, gguf, src, int(config["vocab_size"]))
     with writing_file(out, force=force) as partial:
         for w, gname, t in plans:
@@ -253,7 +253,7 @@ def _permuted(name: str, data: np.ndarray, config: dict[str, Any], family: Any) 
 
 
 def _metadata(
-    writer: Any, gguf: Any, config: dict[str, Any], family: Any, src: Path, plans: list
+    writer: Any, gguf: Any, config: dict[str, Any], family: Any, src: Path, counts: dict[str, int]
 ) -> None:
     """The hyperparameters llama.cpp builds the model from, as its converter writes them."""
     heads = int(config["num_attention_heads"])
@@ -280,9 +280,6 @@ def _metadata(
             writer.add_attn_logit_softcapping(float(config["attn_logit_softcapping"]))
         if config.get("final_logit_softcapping"):
             writer.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
-    counts: dict[str, int] = {}
-    for _, _, t in plans:
-        counts[t.name] = counts.get(t.name, 0) + 1
     matrices = {k: v for k, v in counts.items() if k != "F32"} or counts
     main = max(matrices, key=matrices.__getitem__)
     file_types = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_1": 9, "BF16": 32}

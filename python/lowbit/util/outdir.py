@@ -84,17 +84,20 @@ def _sibling(out: Path, suffix: str) -> Path:
     return out.with_name(out.name + suffix)
 
 
-def check_target(out: Path, force: bool) -> None:
-    """Refuse an ``out`` that may not be (re)placed: fails early, before any work."""
+def check_target(out: Path, force: bool, *, file: bool = False) -> None:
+    """Refuse an ``out`` that may not be (re)placed: fails early, before any work.
+    ``file``: the output is one regular file rather than a directory."""
+    kind = "a regular file" if file else "a directory"
     if out.is_symlink():
         raise OutputError(
             f"{out}: is a symbolic link; lowbit does not write through or replace links "
             "(remove it or choose another output path)"
         )
-    if out.exists() and not out.is_dir():
+    if out.exists() and not (out.is_file() if file else out.is_dir()):
         raise OutputError(
-            f"{out}: exists and is not a directory; --force replaces only a model "
-            "directory (remove it or choose another output path)"
+            f"{out}: exists and is not {kind}; --force replaces only "
+            f"{'a file' if file else 'a model directory'} "
+            "(remove it or choose another output path)"
         )
     if out.exists() and not force:
         raise OutputError(f"{out} already exists; pass --force to replace it")
@@ -211,29 +214,13 @@ def writing(out: str | os.PathLike[str], *, force: bool = False) -> Iterator[Pat
             raise
 
 
-def check_file_target(out: Path, force: bool) -> None:
-    """As ``check_target``, for an output that is one regular file."""
-    if out.is_symlink():
-        raise OutputError(
-            f"{out}: is a symbolic link; lowbit does not write through or replace links "
-            "(remove it or choose another output path)"
-        )
-    if out.exists() and not out.is_file():
-        raise OutputError(
-            f"{out}: exists and is not a regular file; --force replaces only a file "
-            "(remove it or choose another output path)"
-        )
-    if out.exists() and not force:
-        raise OutputError(f"{out} already exists; pass --force to replace it")
-
-
 @contextlib.contextmanager
 def writing_file(out: str | os.PathLike[str], *, force: bool = False) -> Iterator[Path]:
     """Lock ``out``, delete a killed run's ``OUT.partial``, and yield that path
     for the caller to write; renamed over ``out`` (one atomic step) when the
     block completes, deleted if it raises."""
     out = Path(out)
-    check_file_target(out, force)
+    check_target(out, force, file=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     with locked(out):
         partial = _sibling(out, ".partial")
